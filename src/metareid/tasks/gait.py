@@ -1,0 +1,129 @@
+"""LightningModule for gait recognition (GaitGL / MetaGait) on CASIA-B-style data.
+
+The module is thin: the network is a plain ``nn.Module`` built by Hydra and handed in; this file
+only wires the released OpenGait training step (triplet + CE, one optimizer step, per-step LR
+schedule) and the CASIA-B evaluation into Lightning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from metareid.evaluation.casiab import CasiaBIdentification, format_casiab_table
+from metareid.losses.gait_triplet import BatchAllTripletLoss
+from metareid.losses.part_cross_entropy import PartCrossEntropyLoss
+from metareid.utils.distributed import gather_with_grad
+
+
+class GaitModule(pl.LightningModule):
+    """Train and evaluate a gait network whose forward returns ``embeddings`` and ``logits``.
+
+    Args:
+        net: network with ``forward(sils [n,s,h,w], seq_lens=None) -> {"embeddings" [n,p,c],
+            "logits" [n,p,classes]}``.
+        optimizer: partial optimizer factory, called with the parameters.
+        scheduler: LR factor schedule (``t -> factor``) for a per-step ``LambdaLR``; ``None`` = constant.
+        triplet_margin / triplet_weight: batch-all triplet on the post-BN embeddings, computed over
+            the batch gathered from all ranks.
+        ce_scale / ce_weight / label_smoothing: per-part cross-entropy on the local batch.
+        eval_metric: ``"euc"`` (reference) or ``"cos"`` distance for the CASIA-B protocol.
+        print_table: print the CASIA-B table after every evaluation (rank 0).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[[int], float] | None = None,
+        triplet_margin: float = 0.2,
+        triplet_weight: float = 1.0,
+        ce_scale: float = 1.0,
+        ce_weight: float = 1.0,
+        label_smoothing: bool = False,
+        eval_metric: str = "euc",
+        print_table: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.schedule = scheduler
+        self.triplet = BatchAllTripletLoss(margin=triplet_margin)
+        self.cross_entropy = PartCrossEntropyLoss(scale=ce_scale, label_smoothing=label_smoothing)
+        self.triplet_weight = triplet_weight
+        self.ce_weight = ce_weight
+        self.print_table = print_table
+        self.val_metric = CasiaBIdentification(metric=eval_metric)
+        self.test_metric = CasiaBIdentification(metric=eval_metric)
+        self.last_results: dict[str, Any] = {}
+
+    def forward(self, sils: torch.Tensor, seq_lens: torch.Tensor | None = None) -> dict:
+        return self.net(sils, seq_lens=seq_lens)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        outputs = self.net(batch["sils"], seq_lens=batch.get("seq_lens"))
+        # Losses in fp32 whatever the autocast precision of the forward (fp16 logits overflow).
+        embeddings = outputs["embeddings"].float()
+        logits = outputs["logits"].float()
+        labels = batch["labels"]
+
+        global_embeddings = gather_with_grad(embeddings)
+        global_labels = gather_with_grad(labels)
+        triplet_loss, triplet_info = self.triplet(global_embeddings, global_labels)
+        ce_loss, ce_info = self.cross_entropy(logits, labels)
+        loss = self.triplet_weight * triplet_loss + self.ce_weight * ce_loss
+
+        scalars = {f"train/triplet_{k}": v for k, v in triplet_info.items()}
+        scalars.update({f"train/softmax_{k}": v for k, v in ce_info.items()})
+        scalars["train/loss"] = loss.detach()
+        self.log_dict(scalars, on_step=True, on_epoch=False, batch_size=labels.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.schedule is None:
+            return {"optimizer": optimizer}
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    # ---------------------------------------------------------------- evaluation
+    def _evaluation_step(self, batch: dict, metric: CasiaBIdentification) -> None:
+        outputs = self.net(batch["sils"], seq_lens=batch.get("seq_lens"))
+        metric.update(
+            outputs["embeddings"].float(),
+            batch["subjects"],
+            batch["type_index"],
+            batch["view_index"],
+        )
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluation_step(batch, self.val_metric)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluation_step(batch, self.test_metric)
+
+    def _finish_evaluation(self, metric: CasiaBIdentification) -> None:
+        result = metric.compute()
+        metric.reset()
+        scalars = {f"test/{k}": float(result[k]) for k in ("NM", "BG", "CL", "Mean")}
+        scalars.update({f"test/{k}": float(result[k]) for k in result if k.endswith("_include")})
+        self.log_dict(scalars)
+        self.last_results = result
+        if self.print_table and self.trainer.is_global_zero:
+            step = f" (step {self.global_step})" if self.trainer.state.fn == "fit" else ""
+            print(f"\nCASIA-B rank-1{step}\n{format_casiab_table(result)}", flush=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_evaluation(self.val_metric)
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_evaluation(self.test_metric)
