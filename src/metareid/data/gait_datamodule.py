@@ -111,7 +111,8 @@ class GaitDataModule(pl.LightningDataModule):
         if not path.is_file():
             bundled = sorted(p.name for p in BUNDLED_PARTITIONS.glob("*.json"))
             raise FileNotFoundError(
-                f"data.partition_file={self.partition_file!r} not found; give a path or one of {bundled}"
+                f"data.partition_file={self.partition_file!r} not found; "
+                f"give a path or one of {bundled}"
             )
         return path
 

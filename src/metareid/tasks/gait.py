@@ -27,7 +27,8 @@ class GaitModule(pl.LightningModule):
         net: network with ``forward(sils [n,s,h,w], seq_lens=None) -> {"embeddings" [n,p,c],
             "logits" [n,p,classes]}``.
         optimizer: partial optimizer factory, called with the parameters.
-        scheduler: LR factor schedule (``t -> factor``) for a per-step ``LambdaLR``; ``None`` = constant.
+        scheduler: LR factor schedule (``t -> factor``) for a per-step ``LambdaLR``; ``None``
+            keeps the LR constant.
         triplet_margin / triplet_weight: batch-all triplet on the post-BN embeddings, computed over
             the batch gathered from all ranks.
         ce_scale / ce_weight / label_smoothing: per-part cross-entropy on the local batch.

@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 
 def instantiate_group(cfg: DictConfig | None) -> list:
-    """Instantiate every ``_target_`` entry of a callbacks/logger group (a dict of named entries)."""
+    """Instantiate every ``_target_`` entry of a callbacks/logger group (named entries)."""
     if not cfg:
         return []
     objects = []
@@ -24,13 +24,15 @@ def instantiate_group(cfg: DictConfig | None) -> list:
 
 
 def build_run(cfg: DictConfig, with_callbacks: bool = True):
-    """``(datamodule, model, trainer)`` from a composed train/eval config; seeds everything first."""
+    """``(datamodule, model, trainer)`` from a composed config; seeds everything first."""
     pl.seed_everything(cfg.seed, workers=True)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, seed=cfg.seed)
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model)
     callbacks = instantiate_group(cfg.get("callbacks")) if with_callbacks else []
     loggers = instantiate_group(cfg.get("logger"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False
+    )
     hparams = OmegaConf.to_container(cfg, resolve=True)
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)

@@ -1,0 +1,277 @@
+"""LightningDataModule for multi-source domain-generalisable ReID (DR50 recipe, dr50.md §1.3, §4.2).
+
+Training yields, per step, one dict of batches from a :class:`CombinedLoader`::
+
+    {"merged": P×K batch over all sources (64 = 32 ids × 2),
+     "domain_0": P×K batch of source 0 only (32 = 16 ids × 2), ..., "domain_{D-1}": ...}
+
+Every loader is infinite; drive training with ``max_steps``. Each loader has its own
+:class:`~metareid.data.samplers.IdentityBatchSampler` seeded with ``seed + loader position``, so
+the streams are independent, identical on every rank before sharding, and a resumed run
+continues them from the number of completed training steps.
+
+Evaluation gives one loader per target domain over its query followed by its gallery.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Dataset
+
+from metareid.data.reid_datasets import ReIDDataset, load_reid_dataset
+from metareid.data.reid_multisource import MultiSourceTrainSet, ReIDTestSet, SingleDomainView
+from metareid.data.samplers import IdentityBatchSampler, InferenceBatchSampler
+
+__all__ = ["ReIDDataModule"]
+
+log = logging.getLogger(__name__)
+
+
+def _dataset_from_entry(
+    entry: Mapping[str, Any], role: str, position: int, strict: bool
+) -> ReIDDataset:
+    options = dict(entry)
+    missing = [key for key in ("name", "root") if key not in options]
+    if missing:
+        raise ValueError(
+            f"data.{role}[{position}] lacks {', '.join(missing)}: every entry needs "
+            "{name: <dataset name>, root: <folder>} plus optional constructor arguments."
+        )
+    name, root = options.pop("name"), options.pop("root")
+    # `name` selects the dataset class here, so the domain-name override has its own key.
+    if "domain_name" in options:
+        options["name"] = options.pop("domain_name")
+    options.setdefault("strict", strict)
+    return load_reid_dataset(name, root, **options)
+
+
+class ReIDDataModule(pl.LightningDataModule):
+    """Multi-source training and per-target evaluation data for DR50-style ReID.
+
+    Args:
+        sources: source domains, in domain-id order; each a mapping ``{name, root, ...}`` where
+            ``name`` picks the dataset class (:func:`load_reid_dataset`), ``domain_name``
+            optionally renames the domain, and other keys go to the class (``strict``,
+            ``domain`` ...).
+        targets: target (evaluation) domains in the same form.
+        image_size: model input ``(height, width)``; images are resized in the workers.
+        batch_size: images per merged batch (over all ranks).
+        num_instances: images per identity (K) in every training batch.
+        domain_batch_size: images per single-domain batch (over all ranks).
+        num_workers: workers per loader (there are 1 + D training loaders).
+        seed: base seed of the samplers; loader ``i`` (merged first, then domains) uses
+            ``seed + i``.
+        test_batch_size: images per evaluation batch on each rank.
+        strict: dataset file-name checking (``False`` skips and counts unparsable files).
+        synthetic: when given, ``generate_synthetic_reid(**synthetic)`` runs in
+            ``prepare_data`` (it reuses an existing tree written with the same arguments).
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Mapping[str, Any]],
+        targets: Sequence[Mapping[str, Any]],
+        image_size: Sequence[int] = (256, 128),
+        batch_size: int = 64,
+        num_instances: int = 2,
+        domain_batch_size: int = 32,
+        num_workers: int = 4,
+        seed: int = 0,
+        test_batch_size: int = 128,
+        strict: bool = True,
+        synthetic: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not sources:
+            raise ValueError("data.sources is empty: give at least one {name, root} source.")
+        if not targets:
+            raise ValueError("data.targets is empty: give at least one {name, root} target.")
+        for key, size in [("batch_size", batch_size), ("domain_batch_size", domain_batch_size)]:
+            if num_instances < 1 or size % num_instances:
+                raise ValueError(
+                    f"data.{key}={size} must be a multiple of data.num_instances={num_instances} "
+                    "(batches hold whole groups of K images per identity)."
+                )
+        self.sources = [dict(entry) for entry in sources]
+        self.targets = [dict(entry) for entry in targets]
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.batch_size = batch_size
+        self.num_instances = num_instances
+        self.domain_batch_size = domain_batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.test_batch_size = test_batch_size
+        self.strict = strict
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.train_set: MultiSourceTrainSet | None = None
+        self.domain_sets: list[SingleDomainView] = []
+        self.test_sets: dict[str, ReIDTestSet] = {}
+
+    # ----------------------------------------------------------------- set-up
+    def prepare_data(self) -> None:
+        if self.synthetic is None:
+            return
+        from metareid.data.synthetic_reid import generate_synthetic_reid
+
+        log.info("Ensuring synthetic ReID domains under %s", self.synthetic.get("root"))
+        generate_synthetic_reid(**self.synthetic)
+
+    def _build_train_set(self) -> MultiSourceTrainSet:
+        if self.train_set is None:
+            datasets = [
+                _dataset_from_entry(entry, "sources", i, self.strict)
+                for i, entry in enumerate(self.sources)
+            ]
+            names = [dataset.name for dataset in datasets]
+            if len(set(names)) != len(names):
+                raise ValueError(
+                    f"data.sources has repeated domain names {names}; give each entry a distinct "
+                    "`domain_name` so domain ids and classifiers stay distinguishable."
+                )
+            for dataset in datasets:
+                log.info("source %s", dataset.summary())
+            self.train_set = MultiSourceTrainSet(
+                [dataset.train for dataset in datasets], names, image_size=self.image_size
+            )
+            self.domain_sets = self.train_set.domain_views()
+            self._check_identity_counts()
+        return self.train_set
+
+    def _check_identity_counts(self) -> None:
+        merged_p = self.batch_size // self.num_instances
+        if self.train_set.num_classes < merged_p:
+            raise ValueError(
+                f"data.batch_size={self.batch_size} with num_instances={self.num_instances} needs "
+                f"{merged_p} identities but the sources hold {self.train_set.num_classes}."
+            )
+        domain_p = self.domain_batch_size // self.num_instances
+        for name, count in zip(
+            self.train_set.domain_names, self.train_set.num_classes_per_domain, strict=True
+        ):
+            if count < domain_p:
+                raise ValueError(
+                    f"data.domain_batch_size={self.domain_batch_size} with num_instances="
+                    f"{self.num_instances} needs {domain_p} identities per domain but source "
+                    f"{name!r} has {count}; lower domain_batch_size."
+                )
+
+    def _build_test_sets(self) -> dict[str, ReIDTestSet]:
+        if not self.test_sets:
+            for i, entry in enumerate(self.targets):
+                dataset = _dataset_from_entry(entry, "targets", i, self.strict)
+                log.info("target %s", dataset.summary())
+                if dataset.name in self.test_sets:
+                    raise ValueError(
+                        f"data.targets repeats the domain {dataset.name!r}; give each a distinct "
+                        "`domain_name`."
+                    )
+                self.test_sets[dataset.name] = ReIDTestSet(
+                    dataset.query, dataset.gallery, image_size=self.image_size
+                )
+        return self.test_sets
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self._build_train_set()
+        self._build_test_sets()
+
+    @property
+    def num_classes_per_domain(self) -> list[int]:
+        """Identity count of each source in domain order (indexes the sources on first use)."""
+        return list(self._build_train_set().num_classes_per_domain)
+
+    @property
+    def source_names(self) -> list[str]:
+        return list(self._build_train_set().domain_names)
+
+    @property
+    def target_names(self) -> list[str]:
+        return list(self._build_test_sets())
+
+    # ----------------------------------------------------------------- loaders
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def _completed_steps(self) -> int:
+        # Every training step draws one batch from every loader, so the number of completed
+        # steps is where each sampler resumes. global_step would over-count: with manual
+        # optimisation it counts each optimiser's steps.
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.total.completed
+
+    def _identity_loader(self, dataset: Dataset, batch_size: int, seed: int) -> DataLoader:
+        rank, world = self._rank_world()
+        sampler = IdentityBatchSampler(
+            dataset.labels,
+            p=batch_size // self.num_instances,
+            k=self.num_instances,
+            seed=seed,
+            rank=rank,
+            world_size=world,
+            start_batch=self._completed_steps(),
+        )
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> CombinedLoader:
+        train_set = self._build_train_set()
+        loaders = {"merged": self._identity_loader(train_set, self.batch_size, self.seed)}
+        for domain_id, view in enumerate(self.domain_sets):
+            loaders[f"domain_{domain_id}"] = self._identity_loader(
+                view, self.domain_batch_size, self.seed + 1 + domain_id
+            )
+        # All loaders are infinite, so no mode ever stops them; "max_size_cycle" is the one
+        # Lightning accepts for unsized iterables without asking for their lengths.
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def _evaluation_loaders(self) -> list[DataLoader]:
+        rank, world = self._rank_world()
+        return [
+            DataLoader(
+                test_set,
+                batch_sampler=InferenceBatchSampler(
+                    len(test_set), batch_size=self.test_batch_size, rank=rank, world_size=world
+                ),
+                num_workers=self.num_workers,
+                pin_memory=torch.cuda.is_available(),
+            )
+            for test_set in self._build_test_sets().values()
+        ]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._evaluation_loaders()
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._evaluation_loaders()
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return self._evaluation_loaders()
+
+    def describe(self) -> str:
+        """Multi-line summary of sources, label ranges and targets."""
+        train_set = self._build_train_set()
+        lines = []
+        for d, name in enumerate(train_set.domain_names):
+            first = train_set.label_offsets[d]
+            count = train_set.num_classes_per_domain[d]
+            lines.append(f"source {d} {name}: labels [{first}, {first + count})")
+        for name, test_set in self._build_test_sets().items():
+            lines.append(
+                f"target {name}: {test_set.num_query} query, "
+                f"{len(test_set) - test_set.num_query} gallery"
+            )
+        return "\n".join(lines)
