@@ -196,7 +196,7 @@ def test_missing_file_names_download_and_config_key(tmp_path) -> None:
     message = str(error.value)
     assert "resnet50_ibn_a-d9d0bb7b.pth" in message
     assert "github.com/XingangPan/IBN-Net" in message
-    assert "model.backbone.pretrained_path" in message
+    assert "model.net.backbone.pretrained_path" in message
 
 
 def test_bad_inputs_raise_clear_errors(tmp_path) -> None:

@@ -26,6 +26,7 @@ Mapping (spec dr50.md §2.7), per key of the DR50 state dict:
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -201,7 +202,7 @@ def _unwrap_checkpoint(checkpoint: object, path: Path) -> dict[str, Tensor]:
 
 
 def load_ibn_resnet50_pretrained(
-    model: DR50, path: str | Path, config_key: str = "model.backbone.pretrained_path"
+    model: DR50, path: str | Path, config_key: str = "model.net.backbone.pretrained_path"
 ) -> PretrainedLoadReport:
     """Load IBN-ResNet-a ImageNet weights from ``path`` into ``model`` (in place).
 
@@ -221,3 +222,19 @@ def load_ibn_resnet50_pretrained(
     merged.update(updates)
     model.load_state_dict(merged)
     return report
+
+
+def build_dr50(pretrained_path: str | Path | None = None, **kwargs) -> DR50:
+    """``DR50(**kwargs)``, initialised from ImageNet IBN-ResNet50-a weights when a path is given.
+
+    The config entry point of the backbone (``model.net.backbone``): the reference always starts
+    from ImageNet weights (``BACKBONE.PRETRAIN: True``); ``pretrained_path=None`` trains from
+    scratch, as the synthetic demo does.
+    """
+    model = DR50(**kwargs)
+    if pretrained_path is not None:
+        report = load_ibn_resnet50_pretrained(
+            model, pretrained_path, config_key="model.net.backbone.pretrained_path"
+        )
+        logging.getLogger(__name__).info(report.summary())
+    return model
