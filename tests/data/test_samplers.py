@@ -126,3 +126,17 @@ def test_inference_batches_cover_the_dataset_exactly_once(num, batch, world):
         assert all(1 <= len(b) <= batch for b in batches)
         seen.extend(i for b in batches for i in b)
     assert seen == list(range(num))  # rank order restores dataset order
+
+
+def test_batches_per_epoch_gives_length_and_continues_numbering_across_epochs():
+    labels = [i // 3 for i in range(30)]
+    endless = IdentityBatchSampler(labels, p=2, k=2, seed=5)
+    stream = iter(endless)
+    expected = [next(stream) for _ in range(6)]
+
+    epochs = IdentityBatchSampler(labels, p=2, k=2, seed=5, batches_per_epoch=3)
+    assert len(epochs) == 3
+    first, second = list(epochs), list(epochs)
+    assert first + second == expected
+    with pytest.raises(TypeError):
+        len(endless)

@@ -225,6 +225,18 @@ DATASET_FACTORIES: dict[str, Callable[..., ReIDDataset]] = {
 }
 
 
+def _register_release_formats() -> None:
+    # reid_formats subclasses the readers above, so it can only be imported once they exist.
+    from metareid.data import reid_formats
+
+    DATASET_FACTORIES.update(
+        dukemtmc=reid_formats.DukeMTMC,
+        msmt17=reid_formats.MSMT17,
+        cuhk03=reid_formats.CUHK03,
+        cuhksysu=reid_formats.CUHKSYSU,
+    )
+
+
 def _normalise_name(name: str) -> str:
     return re.sub(r"[-_\s]", "", name).lower()
 
@@ -239,6 +251,8 @@ def load_reid_dataset(name: str, root: str | Path, /, **kwargs) -> ReIDDataset:
         root: dataset folder passed to the class.
         **kwargs: extra constructor arguments (``strict``, ``name``, ``domain`` ...).
     """
+    if "cuhk03" not in DATASET_FACTORIES:
+        _register_release_formats()
     key = _normalise_name(name)
     if key not in DATASET_FACTORIES:
         known = ", ".join(sorted(DATASET_FACTORIES))

@@ -51,6 +51,9 @@ class IdentityBatchSampler:
             ``world_size`` divides ``k``).
         drop_short: leave out labels with fewer than K samples instead of oversampling them.
         start_batch: number of the first batch to yield (resume point).
+        batches_per_epoch: ``None`` (default) = one endless epoch. An int makes each ``iter()``
+            yield that many batches and gives the sampler a ``__len__``, so Lightning counts
+            epochs (the epoch-based ACL schedule); numbering continues across epochs.
 
     Yields:
         lists of ``p·k / world_size`` dataset indices.
@@ -67,6 +70,7 @@ class IdentityBatchSampler:
         shuffle_batch: bool = True,
         drop_short: bool = False,
         start_batch: int = 0,
+        batches_per_epoch: int | None = None,
     ) -> None:
         if p < 1 or k < 1:
             raise ValueError(f"p and k must be >= 1, got p={p}, k={k}")
@@ -95,6 +99,7 @@ class IdentityBatchSampler:
         self.rank, self.world_size = rank, world_size
         self.shuffle_batch = shuffle_batch
         self.next_batch = start_batch
+        self.batches_per_epoch = batches_per_epoch
         self.sampler = _EpochRecorder()
 
     @property
@@ -116,10 +121,19 @@ class IdentityBatchSampler:
         return indices
 
     def __iter__(self) -> Iterator[list[int]]:
-        while True:
+        remaining = self.batches_per_epoch
+        while remaining is None or remaining > 0:
             batch = self.global_batch(self.next_batch)[self.rank :: self.world_size]
             self.next_batch += 1
+            if remaining is not None:
+                remaining -= 1
             yield batch.tolist()
+
+    def __len__(self) -> int:
+        if self.batches_per_epoch is None:
+            # Lightning reads a TypeError here as "infinite" (drive training by max_steps).
+            raise TypeError("IdentityBatchSampler is infinite unless batches_per_epoch is set")
+        return self.batches_per_epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Accepted for API compatibility; batches depend only on (seed, batch number)."""
