@@ -208,6 +208,11 @@ class ReIDDataModule(pl.LightningDataModule):
             return 0
         return self.trainer.fit_loop.epoch_loop.batch_progress.total.completed
 
+    @property
+    def iters_per_epoch(self) -> int:
+        """ACL's epoch: ``len(merged sources) // batch_size`` iterations (1,214 for the mix)."""
+        return max(1, len(self._build_train_set()) // self.batch_size)
+
     def _identity_loader(self, dataset: Dataset, batch_size: int, seed: int) -> DataLoader:
         rank, world = self._rank_world()
         sampler = IdentityBatchSampler(
@@ -218,6 +223,8 @@ class ReIDDataModule(pl.LightningDataModule):
             rank=rank,
             world_size=world,
             start_batch=self._completed_steps(),
+            # Every loader yields one ACL epoch per iter(), so Lightning's epochs are ACL's.
+            batches_per_epoch=self.iters_per_epoch,
         )
         return DataLoader(
             dataset,
