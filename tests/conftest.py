@@ -20,20 +20,24 @@ os.environ.setdefault("PROJECT_ROOT", str(REPO))
 TINY_GAIT = [
     "data.synthetic.num_subjects=6",
     "data.synthetic.train_subjects=3",
-    "+data.synthetic.views=[000,090,180]",
-    "+data.synthetic.frames=[8,14]",
+    "++data.synthetic.views=[000,090,180]",
+    "++data.synthetic.frames=[8,14]",
     "data.p=3",
     "data.k=2",
     "data.frames_num_fixed=6",
     "data.num_workers=0",
     "data.test_batch_size=8",
     "model.net.channels=[4,8,8]",
-    "+model.net.bin_num=4",
+    "++model.net.bin_num=4",
     "trainer.accelerator=cpu",
     "trainer.max_steps=4",
     "trainer.val_check_interval=2",
     "trainer.log_every_n_steps=1",
     "trainer.enable_progress_bar=false",
+]
+
+# Checkpoint every 2 steps, no progress bars (train.yaml only; eval.yaml has no callbacks).
+TINY_CALLBACKS = [
     "callbacks=none",
     "+callbacks.model_checkpoint._target_=pytorch_lightning.callbacks.ModelCheckpoint",
     "+callbacks.model_checkpoint.dirpath=${paths.output_dir}/checkpoints",
@@ -52,7 +56,6 @@ def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> 
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)
             cfg.paths.log_dir = str(output_dir / "logs")
-            cfg.hydra.runtime.output_dir = str(output_dir)
     return cfg
 
 

@@ -20,6 +20,7 @@ compares it with the eager wrapper.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from metareid.models.reid_baseline import ReIDBaseline
 
 ONNX_EXPORTERS = ("dynamo", "torchscript")
 GAIT_SIZE = (64, 44)
+_CHATTY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx")
 
 
 def tile_short_clips_static(
@@ -189,9 +191,14 @@ def _dynamic_shapes(embedder: nn.Module, inputs: Sequence[Tensor]) -> tuple:
 def _quiet_tracing() -> Iterator[None]:
     """Silence the warnings every trace of these networks raises by design.
 
-    Spatial sizes (fixed by the example input) pass through Python ``if``s, and PyTorch
-    announces the deprecation of its TorchScript tools on every call.
+    Spatial sizes (fixed by the example input) pass through Python ``if``s, PyTorch announces
+    the deprecation of its TorchScript tools on every call, and the ONNX optimiser logs every
+    initializer it merges at INFO level.
     """
+    chatty = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
+    levels = [logger.level for logger in chatty]
+    for logger in chatty:
+        logger.setLevel(max(logger.level, logging.WARNING))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*is deprecated.*")
@@ -199,7 +206,11 @@ def _quiet_tracing() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=".*The feature will be removed.*")
         warnings.filterwarnings("ignore", message=".*instance_norm.*train=True.*")
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
-        yield
+        try:
+            yield
+        finally:
+            for logger, level in zip(chatty, levels, strict=True):
+                logger.setLevel(level)
 
 
 def export_torchscript(embedder: nn.Module, inputs: Sequence[Tensor], path: str | Path) -> Path:

@@ -51,7 +51,11 @@ def build_run(cfg: DictConfig, with_callbacks: bool = True):
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False
     )
-    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams = {
+        key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        for key, value in cfg.items()
+        if key != "hydra"
+    }
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
     return datamodule, model, trainer
