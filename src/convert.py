@@ -20,7 +20,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import hydra
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
 
 from metareid.checkpoints import (
     BNNECK_LAYOUTS,
@@ -28,12 +32,16 @@ from metareid.checkpoints import (
     CheckpointError,
     convert_checkpoint,
     load_checkpoint_file,
+    source_state_dict,
+    with_head_sizes,
 )
 
 log = logging.getLogger("convert")
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PROJECT_ROOT", str(REPO))
 DEFAULT_MODEL = {"opengait": "metagait", "acl": "dr50"}
+# Released MetaGait/GaitGL checkpoints are CASIA-B ones; ACL's depend on the source domains.
+DEFAULT_DATA = {"opengait": "casiab", "acl": None}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -49,7 +57,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--model",
         help="conf/model option of the target (default: metagait for opengait, dr50 for acl)",
     )
-    parser.add_argument("--data", help="conf/data option (it sets the class counts)")
+    parser.add_argument(
+        "--data",
+        help="conf/data option, which sets the class counts (default: casiab for opengait, "
+        "the model config's own data for acl)",
+    )
     parser.add_argument(
         "--ignore-keys",
         action="append",
@@ -73,15 +85,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_intermixed_args(argv)
 
 
-def build_target_module(overrides: Sequence[str]) -> torch.nn.Module:
-    """Instantiate ``cfg.model`` (the LightningModule) of ``conf/eval.yaml`` + ``overrides``."""
-    import hydra
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+def build_target_module(
+    overrides: Sequence[str], source_weights: dict[str, torch.Tensor]
+) -> torch.nn.Module:
+    """Instantiate ``cfg.model`` (the LightningModule) of ``conf/eval.yaml`` + ``overrides``.
 
+    A ReID head whose class counts are left to the data takes those of the checkpoint.
+    """
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("eval", overrides=list(overrides))
+    net_config = with_head_sizes(cfg.model.net, source_weights)
+    if net_config is not cfg.model.net:
+        counts = list(net_config.head.num_classes)
+        log.info(
+            "model.net.head.num_classes taken from the checkpoint: %s. Evaluate with a data "
+            "config whose sources have these identity counts, or add "
+            "model.net.head.num_classes=[%s] to the eval.py command.",
+            counts,
+            ",".join(str(c) for c in counts),
+        )
+        cfg.model.net = net_config
     module = hydra.utils.instantiate(cfg.model)
     if not isinstance(getattr(module, "net", None), torch.nn.Module):
         raise CheckpointError(
@@ -95,16 +119,15 @@ def convert(args: argparse.Namespace) -> dict:
     """Convert ``args.src`` into ``args.out``; returns the written checkpoint."""
     model = args.model or DEFAULT_MODEL[args.source_format]
     overrides = [f"model={model}"]
-    if args.data:
-        overrides.append(f"data={args.data}")
+    data = args.data or DEFAULT_DATA[args.source_format]
+    if data:
+        overrides.append(f"data={data}")
     overrides += list(args.overrides)
-    module = build_target_module(overrides)
-    extra_state = {
-        key: value
-        for key, value in module.state_dict().items()
-        if not key.startswith(NET_PREFIX)
-    }
     source = load_checkpoint_file(args.src, trust_pickle=args.trust_pickle)
+    module = build_target_module(overrides, source_state_dict(source, str(args.src)))
+    extra_state = {
+        key: value for key, value in module.state_dict().items() if not key.startswith(NET_PREFIX)
+    }
     checkpoint, report = convert_checkpoint(
         source,
         args.source_format,
@@ -128,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         convert(args)
-    except (CheckpointError, FileNotFoundError) as error:
+    except (CheckpointError, FileNotFoundError, HydraException) as error:
         log.error("error: %s", error)
         return 1
     return 0

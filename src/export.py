@@ -1,4 +1,6 @@
-"""Export a model's feature extractor: ``python src/export.py model=metagait ckpt_path=... format=onnx``.
+"""Export a model's feature extractor to TorchScript and/or ONNX.
+
+    python src/export.py model=metagait data=casiab ckpt_path=metagait.ckpt format=onnx
 
 Gait: ``sils [n, s, 64, 44]`` (+ ``seq_lens [n]`` with ``seq_lens_input=true``) ->
 ``embeddings [n, p, c]``, dynamic in ``n`` and ``s``. ReID: ``images [N, 3, H, W]`` (0-255)

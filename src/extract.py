@@ -158,7 +158,7 @@ def extract_features(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
 ) -> Extraction:
-    """Run ``embedder`` over ``dataset`` (an :class:`ImageFolderSet` or :class:`SilhouetteTreeSet`)."""
+    """Run ``embedder`` over an :class:`ImageFolderSet` or a :class:`SilhouetteTreeSet`."""
     device = torch.device(device)
     embedder = embedder.to(device).eval()
     loader = DataLoader(
@@ -195,9 +195,7 @@ def save_features(
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".npz":
         arrays = {name: np.asarray(values, dtype=str) for name, values in columns.items()}
-        np.savez(
-            path, features=features.numpy(), skipped=np.asarray(skipped, dtype=str), **arrays
-        )
+        np.savez(path, features=features.numpy(), skipped=np.asarray(skipped, dtype=str), **arrays)
     else:
         torch.save({"features": features, "skipped": list(skipped), **columns}, path)
     return path

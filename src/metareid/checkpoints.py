@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from einops import rearrange
+from omegaconf import OmegaConf, open_dict
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 SOURCE_FORMATS = ("opengait", "acl")
 BNNECK_LAYOUTS = ("channel-major", "part-major")
 NET_PREFIX = "net."
-# fast-reid before its 2021 refactor registered the pixel statistics as persistent buffers.
+# MetaBIN-era fast-reid saves the pixel statistics as persistent buffers (ACL's do not).
 _PIXEL_BUFFERS = ("pixel_mean", "pixel_std")
 _BN_COUNTER = "num_batches_tracked"
 
@@ -66,12 +67,19 @@ def load_checkpoint_file(path: str | Path, trust_pickle: bool = False) -> dict[s
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as error:
+        blocked = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if blocked is None:
+            inner = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(error))
+            reason = inner.group(1) if inner else str(error).strip().splitlines()[0]
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
         raise CheckpointError(
-            f"{path}: holds pickled Python objects besides tensors ({str(error).splitlines()[0]}). "
+            f"{path}: holds pickled Python objects such as {blocked.group(1)} besides tensors. "
             "If you trust the file, load it with trust_pickle=True (convert.py: --trust-pickle)."
         ) from None
-    except (RuntimeError, EOFError) as error:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
+    except Exception as error:  # torch.load fails with KeyError, RuntimeError... on non-checkpoints
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})"
+        ) from None
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(
             f"{path}: expected a dict checkpoint, got {type(checkpoint).__name__}; save "
@@ -86,7 +94,9 @@ def _strip_common_prefix(state_dict: dict[str, Tensor], prefix: str) -> dict[str
     return state_dict
 
 
-def source_state_dict(checkpoint: Mapping[str, Any], origin: str = "checkpoint") -> dict[str, Tensor]:
+def source_state_dict(
+    checkpoint: Mapping[str, Any], origin: str = "checkpoint"
+) -> dict[str, Tensor]:
     """The network weights of an OpenGait/ACL checkpoint, as tensors, without ``module.``.
 
     Accepts the reference container (weights under ``"model"``) or a bare state dict.
@@ -181,6 +191,7 @@ class ConversionReport:
     lacks. ``mismatched``: ``(key, source shape, target shape)``. ``filled``: BatchNorm counters
     absent from the source, taken from the target. ``dropped``: source keys removed on purpose
     (``ignore_keys`` patterns, persistent pixel statistics). ``notes``: other remarks.
+    ``hints``: for an incompatible checkpoint, the settings that would make it fit.
     """
 
     missing: list[str] = field(default_factory=list)
@@ -252,7 +263,9 @@ def _gait_hints(source: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> l
     if want.get("attention") and not have.get("attention"):
         hints.append("the checkpoint has no eca.*/se.* attention (a GaitGL): use --model gaitgl")
     if have.get("head") and want.get("head") and have["head"] != want["head"]:
-        hints.append(f"the checkpoint uses head={have['head']!r}: set model.net.head={have['head']}")
+        hints.append(
+            f"the checkpoint uses head={have['head']!r}: set model.net.head={have['head']}"
+        )
     return hints
 
 
@@ -372,6 +385,7 @@ def lightning_checkpoint(
     are informative. ``extra_state`` are LightningModule entries outside ``net.`` (strict
     loading needs them too); ``conversion`` is stored as plain data for provenance.
     """
+    # Imported here: reading and matching checkpoints (export, extract) does not need Lightning.
     import pytorch_lightning as pl
 
     state = {NET_PREFIX + key: value for key, value in net_state.items()}
@@ -435,11 +449,10 @@ def convert_checkpoint(
 # ----------------------------------------------------------------------------- loading ours
 
 
-def load_network_weights(network: nn.Module, path: str | Path, prefix: str = NET_PREFIX) -> None:
-    """Load the ``prefix`` entries of a metareid (Lightning) checkpoint into ``network``.
+def read_network_state(path: str | Path, prefix: str = NET_PREFIX) -> dict[str, Tensor]:
+    """The network weights of a metareid (Lightning) checkpoint, ``prefix`` removed.
 
-    Strict: every key of the network must be there with its shape. A foreign checkpoint is
-    recognised and pointed to ``src/convert.py``.
+    A foreign checkpoint is recognised and pointed to ``src/convert.py``.
     """
     checkpoint = load_checkpoint_file(path)
     if "state_dict" not in checkpoint:
@@ -462,6 +475,11 @@ def load_network_weights(network: nn.Module, path: str | Path, prefix: str = NET
             f"{path}: no weights under the {prefix!r} prefix; metareid LightningModules keep "
             "their network as `self.net`"
         )
+    return state
+
+
+def load_state_strictly(network: nn.Module, state: Mapping[str, Tensor], origin: str) -> None:
+    """``network.load_state_dict(state, strict=True)`` with one readable error for all problems."""
     target = network.state_dict()
     missing = [key for key in target if key not in state]
     unexpected = [key for key in state if key not in target]
@@ -472,11 +490,33 @@ def load_network_weights(network: nn.Module, path: str | Path, prefix: str = NET
     ]
     if missing or unexpected or mismatched:
         raise CheckpointError(
-            f"{path} does not fit {type(network).__name__} (was it trained with another model "
+            f"{origin} does not fit {type(network).__name__} (was it trained with another model "
             f"config?): missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches "
             f"(checkpoint vs network) {mismatched[:5]}"
         )
     network.load_state_dict(state, strict=True)
+
+
+def load_network_weights(network: nn.Module, path: str | Path, prefix: str = NET_PREFIX) -> None:
+    """Load the ``prefix`` weights of a metareid checkpoint into ``network``, strictly."""
+    load_state_strictly(network, read_network_state(path, prefix), str(path))
+
+
+def with_head_sizes(net_config: Any, state: Mapping[str, Tensor] | None) -> Any:
+    """Fill a ReID head's ``num_classes: null`` from the classifier widths in ``state``.
+
+    ReID configs leave the widths to the data (one per source domain, known once the sources
+    are indexed). A checkpoint already fixes them; without one the classifiers do not affect
+    the features, so a single 1-identity domain stands in. Other configs come back unchanged.
+    """
+    head = OmegaConf.select(net_config, "head")
+    if head is None or "num_classes" not in head or head.num_classes is not None:
+        return net_config
+    counts = describe_reid_state(state or {}).get("num_classes") or [1]
+    filled = net_config.copy()
+    with open_dict(filled):
+        filled.head.num_classes = counts
+    return filled
 
 
 def network_from_config(net_config: Any, ckpt_path: str | Path | None = None) -> nn.Module:
@@ -486,7 +526,8 @@ def network_from_config(net_config: Any, ckpt_path: str | Path | None = None) ->
     """
     import hydra
 
-    network = hydra.utils.instantiate(net_config)
-    if ckpt_path:
-        load_network_weights(network, ckpt_path)
+    state = read_network_state(ckpt_path) if ckpt_path else None
+    network = hydra.utils.instantiate(with_head_sizes(net_config, state))
+    if state is not None:
+        load_state_strictly(network, state, str(ckpt_path))
     return network.eval()

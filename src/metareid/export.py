@@ -84,6 +84,7 @@ class GaitEmbedder(nn.Module):
             seq_lens = torch.ones_like(sils[:, :, 0, 0], dtype=torch.long).sum(dim=1)
         tiled, lengths = tile_short_clips_static(sils, seq_lens.long())
         features = rearrange(tiled, "n s h w -> n 1 s h w")
+        # GaitGL.backbone's stages, always masked; tests compare with the eager network.
         for stage in (net.conv3d, net.LTA, net.GLConvA0):
             features, lengths = net._run_temporal_stage(stage, features, lengths)
         features = net.MaxPool0(features)

@@ -1,1 +1,6 @@
-"""metareid.callbacks."""
+"""Lightning callbacks shared by the gait and ReID tasks."""
+
+from metareid.callbacks.layer_freeze import LayerFreeze
+from metareid.callbacks.precise_bn import PreciseBN
+
+__all__ = ["LayerFreeze", "PreciseBN"]
