@@ -140,6 +140,10 @@ class CasiaBIdentification(Metric):
         self.type_index.append(type_index.detach().long())
         self.view_index.append(view_index.detach().long())
 
+    def format_table(self, result: dict) -> str:
+        """The printed CASIA-B table of a ``compute()`` result."""
+        return format_casiab_table(result)
+
     def compute(self) -> dict:
         # After a DDP sync the list states arrive already concatenated into tensors.
         if isinstance(self.subjects, list) and not self.subjects:

@@ -13,8 +13,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torchmetrics import Metric
 
-from metareid.evaluation.casiab import CasiaBIdentification, format_casiab_table
+from metareid.evaluation.casiab import CasiaBIdentification
 from metareid.losses.gait_triplet import BatchAllTripletLoss
 from metareid.losses.part_cross_entropy import PartCrossEntropyLoss
 from metareid.utils.distributed import gather_with_grad
@@ -33,6 +34,10 @@ class GaitModule(pl.LightningModule):
             the batch gathered from all ranks.
         ce_scale / ce_weight / label_smoothing: per-part cross-entropy on the local batch.
         eval_metric: ``"euc"`` (reference) or ``"cos"`` distance for the CASIA-B protocol.
+        evaluator: factory of the evaluation ``Metric`` (another dataset's protocol); it is
+            updated with ``(embeddings, subjects, type_index, view_index)`` and its ``compute()``
+            returns a dict whose float entries are logged as ``test/<key>``; a ``format_table``
+            method, when present, prints the table. ``None`` = CASIA-B with ``eval_metric``.
         print_table: print the CASIA-B table after every evaluation (rank 0).
     """
 
@@ -47,10 +52,13 @@ class GaitModule(pl.LightningModule):
         ce_weight: float = 1.0,
         label_smoothing: bool = False,
         eval_metric: str = "euc",
+        evaluator: Callable[[], Metric] | None = None,
         print_table: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        self.save_hyperparameters(
+            ignore=["net", "optimizer", "scheduler", "evaluator"], logger=False
+        )
         self.net = net
         self.optimizer_factory = optimizer
         self.schedule = scheduler
@@ -59,8 +67,9 @@ class GaitModule(pl.LightningModule):
         self.triplet_weight = triplet_weight
         self.ce_weight = ce_weight
         self.print_table = print_table
-        self.val_metric = CasiaBIdentification(metric=eval_metric)
-        self.test_metric = CasiaBIdentification(metric=eval_metric)
+        make_metric = evaluator or (lambda: CasiaBIdentification(metric=eval_metric))
+        self.val_metric = make_metric()
+        self.test_metric = make_metric()
         self.last_results: dict[str, Any] = {}
 
     def forward(self, sils: torch.Tensor, seq_lens: torch.Tensor | None = None) -> dict:
@@ -97,7 +106,7 @@ class GaitModule(pl.LightningModule):
         }
 
     # ---------------------------------------------------------------- evaluation
-    def _evaluation_step(self, batch: dict, metric: CasiaBIdentification) -> None:
+    def _evaluation_step(self, batch: dict, metric: Metric) -> None:
         outputs = self.net(batch["sils"], seq_lens=batch.get("seq_lens"))
         metric.update(
             outputs["embeddings"].float(),
@@ -112,16 +121,20 @@ class GaitModule(pl.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluation_step(batch, self.test_metric)
 
-    def _finish_evaluation(self, metric: CasiaBIdentification) -> None:
+    def _finish_evaluation(self, metric: Metric) -> None:
         result = metric.compute()
         metric.reset()
-        scalars = {f"test/{k}": float(result[k]) for k in ("NM", "BG", "CL", "Mean")}
-        scalars.update({f"test/{k}": float(result[k]) for k in result if k.endswith("_include")})
+        scalars = {
+            f"test/{key}": float(value)
+            for key, value in result.items()
+            if isinstance(value, float | int) and not isinstance(value, bool)
+        }
         self.log_dict(scalars)
         self.last_results = result
-        if self.print_table and self.trainer.is_global_zero:
+        format_table = getattr(metric, "format_table", None)
+        if self.print_table and format_table is not None and self.trainer.is_global_zero:
             step = f" (step {self.global_step})" if self.trainer.state.fn == "fit" else ""
-            print(f"\nCASIA-B rank-1{step}\n{format_casiab_table(result)}", flush=True)
+            print(f"\n{type(metric).__name__}{step}\n{format_table(result)}", flush=True)
 
     def on_validation_epoch_end(self) -> None:
         self._finish_evaluation(self.val_metric)
