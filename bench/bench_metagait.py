@@ -1,6 +1,6 @@
 """Time a MetaGait training step and evaluation throughput.
 
-    python bench/bench_metagait.py                      # reference shapes, n=8 sequences × 30 frames
+    python bench/bench_metagait.py          # reference shapes, n=8 sequences × 30 frames
     python bench/bench_metagait.py --batch 64 --device cuda --precision 16-mixed
     python bench/bench_metagait.py --channels 16 32 64 --bins 16 --quick
 
@@ -41,7 +41,9 @@ def _timed(fn, device: torch.device, repeats: int, warmup: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--batch", type=int, default=8, help="training sequences per step (P·K)")
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--eval-batch", type=int, default=8, help="sequences per inference batch")
@@ -58,7 +60,9 @@ def main() -> None:
     repeats, warmup = (2, 1) if args.quick else (args.repeats, 2)
 
     device = torch.device(args.device)
-    net = MetaGait(channels=tuple(args.channels), class_num=args.classes, bin_num=args.bins).to(device)
+    net = MetaGait(channels=tuple(args.channels), class_num=args.classes, bin_num=args.bins).to(
+        device
+    )
     optimizer = torch.optim.Adam(net.parameters(), lr=3.5e-4, weight_decay=5e-4)
     triplet, cross_entropy = BatchAllTripletLoss(0.2), PartCrossEntropyLoss()
     autocast_dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(args.precision)
@@ -71,7 +75,10 @@ def main() -> None:
     def train_step() -> None:
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             out = net(sils)
-        loss = triplet(out["embeddings"].float(), labels)[0] + cross_entropy(out["logits"].float(), labels)[0]
+        loss = (
+            triplet(out["embeddings"].float(), labels)[0]
+            + cross_entropy(out["logits"].float(), labels)[0]
+        )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -81,14 +88,19 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     train_times = _timed(train_step, device, repeats, warmup)
-    train_peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    train_peak = (
+        torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    )
 
     eval_sils = torch.rand(args.eval_batch, args.eval_frames, 64, 44, device=device).round()
-    lengths = torch.linspace(args.eval_frames // 2, args.eval_frames, args.eval_batch).long().to(device)
+    lengths = (
+        torch.linspace(args.eval_frames // 2, args.eval_frames, args.eval_batch).long().to(device)
+    )
 
     def eval_step() -> None:
-        with torch.no_grad(), torch.autocast(
-            device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+        with (
+            torch.no_grad(),
+            torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
         ):
             net(eval_sils, seq_lens=lengths)
 
@@ -99,7 +111,9 @@ def main() -> None:
     eval_s = sorted(eval_times)[len(eval_times) // 2]
     result = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "precision": args.precision,
         "channels": args.channels,
