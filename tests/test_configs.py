@@ -6,7 +6,7 @@ import hydra
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CONF
+from hydra_helpers import CONF
 
 GROUP_OPTIONS = {
     group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))

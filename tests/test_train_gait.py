@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_CALLBACKS, TINY_GAIT
+from hydra_helpers import TINY_CALLBACKS, TINY_GAIT
 from eval import evaluate
 from train import train
 
@@ -81,3 +81,25 @@ def test_deterministic_runs_repeat_exactly(make_config, gait_overrides):
     second = train(make_config("train", overrides))
     assert first["train/loss"] == second["train/loss"]
     assert first["test/Mean"] == second["test/Mean"]
+
+
+def test_precise_bn_and_layer_freeze_callbacks_run_in_a_gait_fit(make_config, gait_overrides):
+    cfg = make_config(
+        "train",
+        [
+            *gait_overrides,
+            "callbacks=[precise_bn,layer_freeze]",
+            "callbacks.precise_bn.num_batches=2",
+            "callbacks.layer_freeze.layers=[net.conv3d]",
+            "callbacks.layer_freeze.freeze_iters=2",
+            "trainer.max_steps=2",
+            "test=false",
+        ],
+    )
+    from metareid.utils.instantiate import build_run
+
+    datamodule, model, trainer = build_run(cfg)
+    before = model.net.conv3d[0].conv3d.weight.detach().clone()
+    trainer.fit(model, datamodule=datamodule)
+    assert torch.equal(model.net.conv3d[0].conv3d.weight, before)  # frozen for both steps
+    assert "test/Mean" in trainer.callback_metrics  # evaluation ran after PreciseBN

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_CALLBACKS
+from hydra_helpers import TINY_CALLBACKS
 from train import train
 from metareid.tasks.reid import ReIDModule
 from metareid.utils.instantiate import build_run
@@ -31,6 +31,8 @@ def reid_overrides(synthetic_reid_root: Path) -> list[str]:
         "data.batch_size=8",
         "data.domain_batch_size=4",
         "data.test_batch_size=64",
+        "model.net.backbone.width_mult=0.125",
+        "model.net.head.in_channels=256",
         "model.initial_basic_steps=2",
         "model.scheduler.max_epochs=2",
         "model.scheduler.warmup_epochs=1",

@@ -55,8 +55,10 @@ def test_precise_bn_equals_the_average_of_batch_statistics():
     torch.manual_seed(0)
     batches = [torch.randn(8, 3) * (i + 1) + i for i in range(5)]
     module = _TinyNet()
+    datamodule = _Batches(batches)
     trainer = _trainer([PreciseBN(num_batches=4)], max_steps=1, limit_val_batches=1)
-    trainer.fit(module, datamodule=_Batches(batches))
+    trainer.fit(module, datamodule=datamodule)
+    trainer.validate(module, datamodule=datamodule)
 
     # By hand: the running mean must be the plain mean of the per-batch means of the first 4
     # batches, computed with the final weights (momentum would weight the last batch most).

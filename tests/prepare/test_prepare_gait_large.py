@@ -6,9 +6,15 @@ import json
 import pickle
 
 import numpy as np
+import torch
 from PIL import Image
 from raw_releases import silhouette
 
+from metareid.data.casiab import GREW_TYPES, OUMVLP_TYPES
+from metareid.data.casiab import OUMVLP_VIEWS as LAYOUT_VIEWS
+from metareid.data.gait_datamodule import GaitDataModule
+from metareid.evaluation.casiab import OUMVLPIdentification
+from metareid.evaluation.grew import GREWIdentification
 from metareid.prepare.casiab import align_silhouette
 from metareid.prepare.oumvlp_grew import (
     OUMVLP_VIEWS,
@@ -77,3 +83,64 @@ def test_grew_keeps_frames_and_uses_opengait_folder_names(grew_raw, tmp_path):
     np.testing.assert_array_equal(array[0], first)  # stored as released, no alignment
     assert (report.counts["test_ids"], report.counts["test_sequences"]) == (2, 4)
     assert check_grew(out, expect="manifest", **QUIET).ok
+
+
+# --------------------------------------------------------------------------- prepare → check → load
+def test_prepared_oumvlp_is_checked_and_loaded_for_training_and_evaluation(oumvlp_raw, tmp_path):
+    out = tmp_path / "oumvlp"
+    partition = {"TRAIN_SET": ["00001"], "TEST_SET": ["00002"]}
+    prepare_oumvlp(oumvlp_raw, out, partition=partition, **QUIET)
+    assert check_oumvlp(out, expect="manifest", **QUIET).ok
+    datamodule = GaitDataModule(
+        str(out), layout="oumvlp", num_classes=1, p=1, k=4, frames_num_fixed=3, num_workers=0
+    )
+    datamodule.setup("fit")  # partition.json of the prepared tree, every pkl unpickled
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["sils"].shape == (4, 3, 64, 44) and batch["labels"].tolist() == [0, 0, 0, 0]
+    test_batch = next(iter(datamodule.test_dataloader()))
+    assert test_batch["subjects"].tolist() == [2, 2, 2, 2]
+    walks = [OUMVLP_TYPES[t] for t in test_batch["type_index"].tolist()]
+    views = [LAYOUT_VIEWS[v] for v in test_batch["view_index"].tolist()]
+    assert list(zip(walks, views, strict=True)) == [
+        ("00", "000"),
+        ("00", "015"),
+        ("01", "000"),
+        ("01", "015"),
+    ]
+    metric = OUMVLPIdentification()
+    metric.update(
+        torch.randn(4, 2, 3),
+        test_batch["subjects"],
+        test_batch["type_index"],
+        test_batch["view_index"],
+    )
+    # One test subject: every probe finds it in every single-view gallery.
+    assert metric.compute()["acc"].tolist() == [[[100.0, 100.0], [100.0, 100.0]]]
+
+
+def test_prepared_grew_is_checked_and_loaded_for_training_and_evaluation(grew_raw, tmp_path):
+    out = tmp_path / "grew"
+    partition = {"TRAIN_SET": ["00001train", "00002train"], "TEST_SET": ["00001", "probe"]}
+    prepare_grew(grew_raw, out, partition=partition, **QUIET)
+    assert check_grew(out, expect="manifest", **QUIET).ok
+    datamodule = GaitDataModule(
+        str(out), layout="grew", num_classes=2, p=2, k=2, frames_num_fixed=2, num_workers=0
+    )
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["sils"].shape == (4, 2, 64, 44)  # 64-wide released frames, cut like CASIA-B
+    assert sorted(batch["labels"].tolist()) == [0, 0, 1, 1]
+    test_batch = next(iter(datamodule.test_dataloader()))
+    types = [GREW_TYPES[t] for t in test_batch["type_index"].tolist()]
+    assert types == ["01", "02", "03", "03"]
+    # Subjects index the sorted partition ids: 00001, 00001train, 00002train, probe.
+    assert test_batch["subjects"].tolist() == [0, 0, 3, 3]
+    metric = GREWIdentification(ranks=(1,))
+    metric.update(
+        torch.randn(4, 2, 3),
+        test_batch["subjects"],
+        test_batch["type_index"],
+        test_batch["view_index"],
+    )
+    result = metric.compute()
+    assert result["Rank-1"] == 100.0 and result["sizes"] == {"probes": 1, "gallery": 1}

@@ -280,14 +280,18 @@ def test_extra_module_state_is_kept_for_strict_lightning_loading():
 def test_acl_cli_takes_head_widths_from_the_checkpoint(tmp_path, make_config):
     """conf/model/dr50_demo leaves num_classes to the data; the converter reads them instead."""
     reference = tiny_reid((3, 2), seed=0).eval()
+    narrow = ["model.net.backbone.width_mult=0.125", "model.net.head.in_channels=256"]
     source, out = tmp_path / "model_final.pth", tmp_path / "dr50.ckpt"
     torch.save({"model": reference.state_dict(), "epoch": 11, "optimizer": {}}, source)
 
     assert (
-        convert.main(["acl", "--src", str(source), "--out", str(out), "--model", "dr50_demo"]) == 0
+        convert.main(
+            ["acl", "--src", str(source), "--out", str(out), "--model", "dr50_demo", *narrow]
+        )
+        == 0
     )
 
-    cfg = make_config("eval", ["model=dr50_demo"])
+    cfg = make_config("eval", ["model=dr50_demo", *narrow])
     assert cfg.model.net.head.num_classes is None
     net = network_from_config(cfg.model.net, out)
     assert net.heads.num_classes == (3, 2)

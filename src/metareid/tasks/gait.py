@@ -95,6 +95,10 @@ class GaitModule(pl.LightningModule):
         self.log_dict(scalars, on_step=True, on_epoch=False, batch_size=labels.shape[0])
         return loss
 
+    def precise_bn_forward(self, batch: dict) -> None:
+        """Training-mode forward used by the PreciseBN callback to re-estimate BN statistics."""
+        self.net(batch["sils"], seq_lens=batch.get("seq_lens"))
+
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.schedule is None:
