@@ -128,7 +128,7 @@ def test_oumvlp_frames_must_be_64_wide(oumvlp_tree):
 
 def test_oumvlp_view_directory_outside_the_14_views(oumvlp_tree):
     write_sequence(oumvlp_tree, "00003", "01", "105", frames(3, 1))
-    with pytest.raises(TreeLayoutError, match="expected a OU-MVLP view directory named one of"):
+    with pytest.raises(TreeLayoutError, match="expected a view directory of OU-MVLP named one of"):
         GaitDataset(oumvlp_tree, split="train", layout="oumvlp")
 
 
@@ -162,11 +162,13 @@ def test_grew_tree_subjects_are_positions_in_the_sorted_ids(grew_tree):
     assert test.subject_ids == ("00001", "00001train", "00002", "00002train", "probe")
     assert len(test) == 6 and test.label_set == ["00001", "00002", "probe"]
     # The view level holds sequence ids: view_index indexes this split's sorted names.
-    assert test.views == tuple(sorted(["79XJefi8", "t16VLaQf", "Zz81nPqa", "aa0Qw3Le"]
-                                      + ["eT1EXpgZ", "etaGVnWf"]))  # fmt: skip
+    names = ["79XJefi8", "t16VLaQf", "Zz81nPqa", "aa0Qw3Le", "eT1EXpgZ", "etaGVnWf"]
+    assert test.views == tuple(sorted(names))
     items = [test[i] for i in range(len(test))]
-    annotations = [(i["subject"], GREW_TYPES[i["type_index"]], test.views[i["view_index"]])
-                   for i in items]  # fmt: skip
+    annotations = [
+        (item["subject"], GREW_TYPES[item["type_index"]], test.views[item["view_index"]])
+        for item in items
+    ]
     assert annotations == [
         (0, "01", "79XJefi8"),
         (0, "02", "t16VLaQf"),

@@ -1,8 +1,19 @@
-"""CASIA-B silhouette sequences stored as a pkl tree ``root/<id>/<type>/<view>/<file>.pkl``.
+"""Gait silhouette sequences stored as a pkl tree ``root/<id>/<type>/<view>/<file>.pkl``.
 
-Every pkl holds one pickled numpy array ``uint8 [T, 64, 64]`` (the output of the usual OpenGait
-pretreatment). The tree is checked against a partition JSON at construction, so a wrong ``root``,
-missing subjects or broken files are reported before training starts instead of mid-epoch.
+Every pkl holds one pickled numpy array ``uint8 [T, 64, W]`` (the output of the usual OpenGait
+pretreatment; ``W = 64`` for CASIA-B and OU-MVLP). The tree is checked against a partition JSON
+at construction, so a wrong ``root``, missing subjects or broken files are reported before
+training starts instead of mid-epoch.
+
+Three datasets share the layout and differ in what the levels hold, described by a
+:class:`GaitLayout`:
+
+* ``casiab``: ids ``001``..``124``, the 10 walking conditions, 11 views ``000``..``180``;
+* ``oumvlp``: ids ``00001``..``10307``, sequences ``00``/``01``, 14 views ``000``..``090``,
+  ``180``..``270``;
+* ``grew``: ids ``00001train`` (training), ``00001`` (test gallery) and ``probe``; types ``00``
+  (training), ``01``/``02`` (the two gallery sequences of a subject), ``03`` (unlabelled probe);
+  the view level holds the sequence's own name (GREW has no view annotation).
 """
 
 from __future__ import annotations
@@ -10,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,10 +56,101 @@ PROBE_TYPES: dict[str, tuple[str, ...]] = {
     "CL": ("cl-01", "cl-02"),
 }
 
+#: OU-MVLP: two walks per subject and view, 14 views (0-90 and 180-270 degrees, step 15).
+OUMVLP_TYPES: tuple[str, ...] = ("00", "01")
+OUMVLP_VIEWS: tuple[str, ...] = tuple(
+    f"{angle:03d}" for angle in (*range(0, 91, 15), *range(180, 271, 15))
+)
+#: GREW sequence types: training, first and second gallery sequence, unlabelled probe.
+GREW_TYPES: tuple[str, ...] = ("00", "01", "02", "03")
+
 SIL_SIZE = 64
 PARTITIONS_DIR = Path(__file__).parent / "partitions"
+PARTITION_NAME = "partition.json"
 _SPLIT_KEYS = {"train": "TRAIN_SET", "test": "TEST_SET"}
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+
+
+@dataclass(frozen=True)
+class GaitLayout:
+    """What the levels of one dataset's pkl tree hold.
+
+    Attributes:
+        name: key in ``GAIT_LAYOUTS`` (``casiab``, ``oumvlp``, ``grew``).
+        title: dataset name used in messages.
+        types: sequence-type directory names; ``type_index`` indexes this tuple.
+        views: view directory names, ``view_index`` indexes this tuple; ``None`` when the level
+            holds free-form names (GREW's sequence ids): ``view_index`` then indexes the sorted
+            names of the split (``GaitDataset.views``) and carries no meaning across splits.
+        id_pattern: regular expression every partition id must match in full.
+        id_example: an id shown in error messages.
+        integer_ids: the batch's ``subjects`` are ``int(id)`` (all-digit ids); otherwise the
+            position of the id in the sorted ids of the partition (train and test together).
+        frame_width: expected silhouette width ``W``; ``None`` accepts any width.
+        default_partition: bundled partition used when none is given and ``root`` has no
+            ``partition.json``; ``None``: the partition must be given or written by prepare.
+        view_word: what the view level is called in messages.
+    """
+
+    name: str
+    title: str
+    types: tuple[str, ...]
+    views: tuple[str, ...] | None
+    id_pattern: str
+    id_example: str
+    integer_ids: bool
+    frame_width: int | None = SIL_SIZE
+    default_partition: str | None = None
+    view_word: str = "view"
+
+    def id_is_valid(self, subject: object) -> bool:
+        return isinstance(subject, str) and re.fullmatch(self.id_pattern, subject) is not None
+
+
+CASIAB_LAYOUT = GaitLayout(
+    name="casiab",
+    title="CASIA-B",
+    types=TYPES,
+    views=VIEWS,
+    id_pattern=r"\d+",
+    id_example="001",
+    integer_ids=True,
+    default_partition="CASIA-B_include_005.json",
+)
+OUMVLP_LAYOUT = GaitLayout(
+    name="oumvlp",
+    title="OU-MVLP",
+    types=OUMVLP_TYPES,
+    views=OUMVLP_VIEWS,
+    id_pattern=r"\d+",
+    id_example="00001",
+    integer_ids=True,
+)
+GREW_LAYOUT = GaitLayout(
+    name="grew",
+    title="GREW",
+    types=GREW_TYPES,
+    views=None,
+    # Training subjects carry a "train" suffix; all probe sequences sit under the id "probe".
+    id_pattern=r"\d+(train)?|probe",
+    id_example="00001train",
+    integer_ids=False,
+    # GREW frames are stored as released (no CASIA-B alignment), whatever their width.
+    frame_width=None,
+    view_word="sequence",
+)
+GAIT_LAYOUTS: dict[str, GaitLayout] = {
+    layout.name: layout for layout in (CASIAB_LAYOUT, OUMVLP_LAYOUT, GREW_LAYOUT)
+}
+
+
+def get_layout(layout: str | GaitLayout) -> GaitLayout:
+    """The layout of that name (or the layout itself)."""
+    if isinstance(layout, GaitLayout):
+        return layout
+    if layout not in GAIT_LAYOUTS:
+        raise ValueError(f"Unknown gait layout {layout!r}; choose one of {sorted(GAIT_LAYOUTS)}")
+    return GAIT_LAYOUTS[layout]
 
 
 @dataclass(frozen=True)
@@ -78,8 +181,33 @@ def resolve_partition_file(partition_file: str | Path) -> Path:
     )
 
 
-def load_partition(partition_file: str | Path) -> Partition:
-    """Read ``{"TRAIN_SET": [...], "TEST_SET": [...]}``; ids must be strings of digits."""
+def find_partition_file(
+    root: str | Path, partition_file: str | Path | None, layout: str | GaitLayout = "casiab"
+) -> Path:
+    """The partition JSON to use for a tree.
+
+    ``partition_file`` when given (a path, or the name of a bundled partition); otherwise
+    ``root/partition.json`` (written by ``src/prepare.py``), else the layout's bundled default.
+    """
+    layout = get_layout(layout)
+    if partition_file is not None:
+        return resolve_partition_file(partition_file)
+    local = Path(root) / PARTITION_NAME
+    if local.is_file():
+        return local
+    if layout.default_partition is not None:
+        return PARTITIONS_DIR / layout.default_partition
+    raise FileNotFoundError(
+        f"No partition for the {layout.title} tree {root}: it has no {PARTITION_NAME}. Prepare it "
+        f"with `python src/prepare.py {layout.name} --raw <release> --out {root}` (which writes "
+        f"{PARTITION_NAME}) or give the partition JSON (OpenGait's file works) as partition_file."
+    )
+
+
+def load_partition(partition_file: str | Path, layout: str | GaitLayout = "casiab") -> Partition:
+    """Read ``{"TRAIN_SET": [...], "TEST_SET": [...]}``; ids must match ``layout.id_pattern``
+    (strings of digits for CASIA-B and OU-MVLP)."""
+    layout = get_layout(layout)
     path = resolve_partition_file(partition_file)
     try:
         content = json.loads(path.read_text())
@@ -94,18 +222,15 @@ def load_partition(partition_file: str | Path) -> Partition:
         if key not in content:
             raise ValueError(
                 f"Partition file {path} has no key {key!r} (found {sorted(content)}); expected "
-                '{"TRAIN_SET": ["001", ...], "TEST_SET": [...]}.'
+                f'{{"TRAIN_SET": ["{layout.id_example}", ...], "TEST_SET": [...]}}.'
             )
         ids = content[key]
-        if not isinstance(ids, list):
-            ids_ok, bad = False, [ids]
-        else:
-            bad = [i for i in ids if not (isinstance(i, str) and i.isdigit())]
-            ids_ok = not bad
-        if not ids_ok:
+        bad = [ids] if not isinstance(ids, list) else [i for i in ids if not layout.id_is_valid(i)]
+        if bad:
             raise ValueError(
-                f"Partition file {path}, key {key!r}: subject ids must be a list of digit "
-                f'strings such as "001"; bad entries: {bad[:5]}'
+                f"Partition file {path}, key {key!r}: {layout.title} subject ids must be a list of "
+                f"strings matching {layout.id_pattern!r} such as {layout.id_example!r}; bad "
+                f"entries: {bad[:5]}"
             )
         splits[split] = tuple(ids)
     overlap = sorted(set(splits["train"]) & set(splits["test"]))
@@ -126,11 +251,15 @@ class SequenceRecord:
     path: Path
 
 
-def read_silhouettes(path: Path) -> np.ndarray:
+def read_silhouettes(path: Path, frame_width: int | None = SIL_SIZE) -> np.ndarray:
     """Load and check one pkl; raises ``ValueError`` naming the file when it is unusable.
 
+    Args:
+        path: the pkl file.
+        frame_width: expected width ``W``; ``None`` accepts any.
+
     Returns:
-        ``uint8 [T, 64, 64]`` with ``T >= 1``.
+        ``uint8 [T, 64, W]`` with ``T >= 1``.
     """
     try:
         with open(path, "rb") as handle:
@@ -143,8 +272,10 @@ def read_silhouettes(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: expected a pickled numpy array, got {type(array).__name__}")
     if array.dtype != np.uint8:
         raise ValueError(f"{path}: expected dtype uint8, got {array.dtype}")
-    if array.ndim != 3 or array.shape[1:] != (SIL_SIZE, SIL_SIZE):
-        raise ValueError(f"{path}: expected shape [T, 64, 64], got {list(array.shape)}")
+    width_ok = array.ndim == 3 and (frame_width is None or array.shape[2] == frame_width)
+    if not width_ok or array.shape[1] != SIL_SIZE:
+        width = "W" if frame_width is None else str(frame_width)
+        raise ValueError(f"{path}: expected shape [T, 64, {width}], got {list(array.shape)}")
     if array.shape[0] == 0:
         raise ValueError(f"{path}: sequence has no frames")
     return array
@@ -158,29 +289,37 @@ def _visible_children(path: Path) -> list[Path]:
     return sorted(child for child in path.iterdir() if not child.name.startswith("."))
 
 
-def _diagnose_missing_root(root: Path, wanted: tuple[str, ...], partition_file: Path) -> str:
+def _holds_pkl(folder: Path) -> bool:
+    return any(p.suffix == ".pkl" for p in folder.iterdir())
+
+
+def _diagnose_missing_root(
+    root: Path, wanted: tuple[str, ...], partition_file: Path, layout: GaitLayout
+) -> str:
     """Explain why no partition id was found directly under ``root``."""
     children = _visible_children(root)
     dirs = [c for c in children if c.is_dir()]
     names = {c.name for c in dirs}
     expected = "root/<id>/<type>/<view>/<file>.pkl"
-    if names & set(TYPES):
+    if names & set(layout.types):
         return (
-            f"root={root} contains condition directories {sorted(names & set(TYPES))[:3]}: it "
-            f"points at one subject, one level too low. Set root to {root.parent} (layout "
-            f"{expected})."
+            f"root={root} contains {layout.title} sequence-type directories "
+            f"{sorted(names & set(layout.types))[:3]}: it points at one subject, one level too "
+            f"low. Set root to {root.parent} (layout {expected})."
         )
     if any(c.suffix == ".pkl" for c in children):
         return (
-            f"root={root} contains .pkl files directly: it points at a single view directory, "
-            f"three levels too low. Set root to {root.parent.parent.parent} (layout {expected})."
+            f"root={root} contains .pkl files directly: it points at a single "
+            f"{layout.view_word} directory, three levels too low. Set root to "
+            f"{root.parent.parent.parent} (layout {expected})."
         )
     for child in dirs:
-        if child.name in VIEWS and any(p.suffix == ".pkl" for p in child.iterdir()):
+        named_like_a_view = layout.views is None or child.name in layout.views
+        if named_like_a_view and _holds_pkl(child):
             return (
-                f"root={root} contains view directories with .pkl files: it points at one "
-                f"condition of one subject, two levels too low. Set root to {root.parent.parent} "
-                f"(layout {expected})."
+                f"root={root} contains {layout.view_word} directories with .pkl files: it points "
+                "at one condition of one subject, two levels too low. Set root to "
+                f"{root.parent.parent} (layout {expected})."
             )
     for child in dirs:
         grand = {g.name for g in child.iterdir() if g.is_dir()}
@@ -192,30 +331,37 @@ def _diagnose_missing_root(root: Path, wanted: tuple[str, ...], partition_file: 
     sample = sorted(names)[:5]
     return (
         f"None of the {len(wanted)} subject ids of {partition_file} (e.g. {list(wanted[:3])}) "
-        f"exists under root={root} (found {sample}). Check root (layout {expected}) and "
-        "partition_file."
+        f"exists under root={root} (found {sample}). Check root (layout {expected}), "
+        f"partition_file and the dataset layout (now {layout.name!r})."
     )
 
 
-class CasiaBDataset(Dataset):
-    """Sequences of one split of a CASIA-B pkl tree.
+class GaitDataset(Dataset):
+    """Sequences of one split of a CASIA-B, OU-MVLP or GREW pkl tree.
 
     Args:
         root: directory with one sub-directory per subject id.
         partition_file: partition JSON path, or the name of a bundled one
-            (``CASIA-B_include_005.json``, ``CASIA-B.json``).
+            (``CASIA-B_include_005.json``, ``CASIA-B.json``); ``None``: ``root/partition.json``
+            (written by ``src/prepare.py``), else the layout's bundled default.
         split: ``"train"`` or ``"test"``.
+        layout: ``"casiab"``, ``"oumvlp"``, ``"grew"`` or a :class:`GaitLayout`.
         strict: raise on the first unusable pkl (``ValueError`` naming it); when ``False``,
             unusable sequences are left out and listed in ``skipped`` as ``(path, reason)``.
         cache: keep every sequence in memory after its first load.
         validate: load every pkl at construction (so ``__getitem__`` cannot fail mid-epoch);
             with ``False`` only the tree is checked and a bad file raises when it is loaded.
         expected_types, expected_views: the sequences each subject should have; absent ones
-            are reported in ``missing_sequences``. ``None``: every condition/view directory
-            name met anywhere in the split (all of CASIA-B for a real tree, the rendered subset
-            for a synthetic one).
+            are reported in ``missing_sequences``. ``None``: every type/view directory name met
+            anywhere in the split (all of the dataset for a real tree, the rendered subset for
+            a synthetic one). Layouts without fixed views (GREW) report only empty directories.
 
     Attributes:
+        layout: the :class:`GaitLayout`.
+        types, views: the names ``type_index`` / ``view_index`` refer to (the layout's, or for
+            GREW's free-form view level the sorted names present in this split).
+        subject_ids: sorted ids of the whole partition; ``subjects`` of a layout without
+            ``integer_ids`` index this tuple.
         samples: ``SequenceRecord`` per sequence, sorted by (subject, type, view).
         label_set: sorted subject ids present; ``labels[i]`` indexes into it.
         indices_by_label: label index -> list of sample indices.
@@ -227,8 +373,9 @@ class CasiaBDataset(Dataset):
     def __init__(
         self,
         root: str | Path,
-        partition_file: str | Path = "CASIA-B_include_005.json",
+        partition_file: str | Path | None = None,
         split: str = "train",
+        layout: str | GaitLayout = "casiab",
         strict: bool = True,
         cache: bool = False,
         validate: bool = True,
@@ -236,7 +383,7 @@ class CasiaBDataset(Dataset):
         expected_views: Sequence[str] | None = None,
     ) -> None:
         self.root = Path(root)
-        self.partition_file = resolve_partition_file(partition_file)
+        self.layout = get_layout(layout)
         self.split = split
         self.strict = strict
         self.cache = cache
@@ -244,10 +391,20 @@ class CasiaBDataset(Dataset):
             raise FileNotFoundError(
                 f"Dataset root {self.root} does not exist or is not a directory"
             )
-        wanted = load_partition(self.partition_file).ids(split)
+        self.partition_file = find_partition_file(self.root, partition_file, self.layout)
+        partition = load_partition(self.partition_file, self.layout)
+        wanted = partition.ids(split)
+        self.subject_ids: tuple[str, ...] = tuple(sorted(partition.train + partition.test))
+        self._subject_position = {subject: i for i, subject in enumerate(self.subject_ids)}
+        self.types: tuple[str, ...] = self.layout.types
         self.skipped: list[tuple[Path, str]] = []
         self._cached: dict[int, np.ndarray] = {}
         records = self._scan(wanted, expected_types, expected_views)
+        self.views: tuple[str, ...] = (
+            self.layout.views
+            if self.layout.views is not None
+            else tuple(sorted({r.view for r in records}))
+        )
         self._set_records(records)
         self._report()
         if validate:
@@ -268,9 +425,12 @@ class CasiaBDataset(Dataset):
         present = [i for i in wanted if (self.root / i).is_dir()]
         self.missing_ids = [i for i in wanted if not (self.root / i).is_dir()]
         if not present:
-            raise TreeLayoutError(_diagnose_missing_root(self.root, wanted, self.partition_file))
+            raise TreeLayoutError(
+                _diagnose_missing_root(self.root, wanted, self.partition_file, self.layout)
+            )
         records = []
         found: dict[str, set[tuple[str, str]]] = {subject: set() for subject in present}
+        empty_dirs: list[tuple[str, str, str]] = []
         seen_types, seen_views = set(), set()
         for subject in present:
             for type_dir in _visible_children(self.root / subject):
@@ -282,19 +442,26 @@ class CasiaBDataset(Dataset):
                     if record is not None:
                         records.append(record)
                         found[subject].add((type_dir.name, view_dir.name))
+                    elif not _visible_children(view_dir):
+                        empty_dirs.append((subject, type_dir.name, view_dir.name))
+        if self.layout.views is None:
+            # Free-form view names: nothing to expect beyond the directories that exist.
+            self.missing_sequences: list[tuple[str, str, str]] = empty_dirs
+            return records
         types = set(seen_types if expected_types is None else expected_types)
         views = set(seen_views if expected_views is None else expected_views)
-        self.missing_sequences: list[tuple[str, str, str]] = [
+        self.missing_sequences = [
             (subject, t, v)
             for subject in present
-            for t in TYPES
+            for t in self.layout.types
             if t in types
-            for v in VIEWS
+            for v in self.layout.views
             if v in views and (t, v) not in found[subject]
         ]
         return records
 
     def _check_type_dir(self, type_dir: Path) -> None:
+        layout = self.layout
         if type_dir.suffix == ".pkl":
             raise TreeLayoutError(
                 f"{type_dir}: a .pkl file right below a subject directory. root={self.root} "
@@ -304,25 +471,30 @@ class CasiaBDataset(Dataset):
             )
         if type_dir.is_file():
             raise TreeLayoutError(
-                f"{type_dir}: a file where a condition directory (e.g. nm-01) was expected; the "
-                "layout must be root/<id>/<type>/<view>/<file>.pkl"
+                f"{type_dir}: a file where a {layout.title} sequence-type directory (e.g. "
+                f"{layout.types[0]}) was expected; the layout must be "
+                "root/<id>/<type>/<view>/<file>.pkl"
             )
-        if type_dir.name not in TYPES:
+        if type_dir.name not in layout.types:
+            looks_like_view = layout.views is not None and type_dir.name in layout.views
             hint = (
                 " It looks like a view directory: the condition level is missing."
-                if type_dir.name in VIEWS
-                else ""
+                if looks_like_view
+                else f" Is the dataset layout right (now {layout.name!r})?"
             )
             raise TreeLayoutError(
-                f"{type_dir}: {type_dir.name!r} is not a CASIA-B condition {list(TYPES)}.{hint} "
-                "The layout must be root/<id>/<type>/<view>/<file>.pkl"
+                f"{type_dir}: {type_dir.name!r} is not a {layout.title} condition "
+                f"{list(layout.types)}.{hint} The layout must be "
+                "root/<id>/<type>/<view>/<file>.pkl"
             )
 
     def _scan_view_dir(self, subject: str, type_name: str, view_dir: Path) -> SequenceRecord | None:
-        if view_dir.is_file() or view_dir.name not in VIEWS:
+        views = self.layout.views
+        if view_dir.is_file() or (views is not None and view_dir.name not in views):
+            expected = f"named one of {list(views)}" if views is not None else "(not a file)"
             raise TreeLayoutError(
-                f"{view_dir}: expected a view directory named one of {list(VIEWS)}; the layout "
-                "must be root/<id>/<type>/<view>/<file>.pkl"
+                f"{view_dir}: expected a {self.layout.view_word} directory of {self.layout.title} "
+                f"{expected}; the layout must be root/<id>/<type>/<view>/<file>.pkl"
             )
         entries = _visible_children(view_dir)
         subdirs = [e for e in entries if e.is_dir()]
@@ -338,8 +510,9 @@ class CasiaBDataset(Dataset):
         if any(e.suffix.lower() in _IMAGE_SUFFIXES for e in others):
             raise TreeLayoutError(
                 f"{view_dir} holds image files ({others[0].name}, ...): this looks like the raw "
-                "silhouettes. Run the pretreatment first (one uint8 [T, 64, 64] pkl per view "
-                "directory) and point root at its output."
+                "silhouettes. Run the pretreatment first (`python src/prepare.py "
+                f"{self.layout.name} ...`: one uint8 [T, 64, W] pkl per view directory) and "
+                "point root at its output."
             )
         if others:
             self._skip_or_raise(others[0], "not a .pkl file in a view directory")
@@ -351,6 +524,12 @@ class CasiaBDataset(Dataset):
             return None
         return SequenceRecord(subject, type_name, view_dir.name, pkls[0])
 
+    def subject_number(self, subject: str) -> int:
+        """The integer a batch's ``subjects`` carries for id ``subject``."""
+        if self.layout.integer_ids:
+            return int(subject)
+        return self._subject_position[subject]
+
     def _set_records(self, records: list[SequenceRecord]) -> None:
         self.samples = records
         self.label_set = sorted({r.subject for r in records})
@@ -359,6 +538,13 @@ class CasiaBDataset(Dataset):
         self.indices_by_label: dict[int, list[int]] = {i: [] for i in range(len(self.label_set))}
         for index, label in enumerate(self.labels):
             self.indices_by_label[label].append(index)
+        # Per-sample integers, looked up once: GREW's view list has one name per sequence.
+        type_position = {name: i for i, name in enumerate(self.types)}
+        view_position = {name: i for i, name in enumerate(self.views)}
+        self._annotations = [
+            (self.subject_number(r.subject), type_position[r.type], view_position[r.view])
+            for r in records
+        ]
 
     def _report(self) -> None:
         if self.missing_ids:
@@ -392,7 +578,7 @@ class CasiaBDataset(Dataset):
         arrays = {}
         for record in self.samples:
             try:
-                array = read_silhouettes(record.path)
+                array = read_silhouettes(record.path, self.layout.frame_width)
             except ValueError as error:
                 if self.strict:
                     raise ValueError(
@@ -419,34 +605,63 @@ class CasiaBDataset(Dataset):
         return len(self.samples)
 
     def load(self, index: int) -> np.ndarray:
-        """``uint8 [T, 64, 64]`` of sequence ``index``."""
+        """``uint8 [T, 64, W]`` of sequence ``index``."""
         if index in self._cached:
             return self._cached[index]
-        array = read_silhouettes(self.samples[index].path)
+        array = read_silhouettes(self.samples[index].path, self.layout.frame_width)
         if self.cache:
             self._cached[index] = array
         return array
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """One sequence: ``sils`` uint8 [T, 64, 64] plus its integer annotations.
+        """One sequence: ``sils`` uint8 [T, 64, W] plus its integer annotations.
 
-        ``label`` indexes ``label_set``; ``subject`` is the id as an int (``"075"`` -> 75);
-        ``type_index``/``view_index`` index ``TYPES``/``VIEWS``; ``index`` echoes the argument
-        so that evaluation can restore dataset order after sharding across ranks.
+        ``label`` indexes ``label_set``; ``subject`` is the id as an int (``"075"`` -> 75) for
+        digit-id layouts, else its position in ``subject_ids``; ``type_index``/``view_index``
+        index ``types``/``views``; ``index`` echoes the argument so that evaluation can restore
+        dataset order after sharding across ranks.
         """
-        record = self.samples[index]
+        subject, type_index, view_index = self._annotations[index]
         return {
             "sils": self.load(index),
             "label": self.labels[index],
-            "subject": int(record.subject),
-            "type_index": TYPES.index(record.type),
-            "view_index": VIEWS.index(record.view),
+            "subject": subject,
+            "type_index": type_index,
+            "view_index": view_index,
             "index": index,
         }
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, "
-            f"sequences={len(self)}, subjects={len(self.label_set)}, "
+            f"{type(self).__name__}(root={str(self.root)!r}, layout={self.layout.name!r}, "
+            f"split={self.split!r}, sequences={len(self)}, subjects={len(self.label_set)}, "
             f"missing_ids={len(self.missing_ids)}, skipped={len(self.skipped)})"
+        )
+
+
+class CasiaBDataset(GaitDataset):
+    """A CASIA-B tree: :class:`GaitDataset` with ``layout="casiab"`` and the 74-id partition
+    (``CASIA-B_include_005.json``) by default."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        partition_file: str | Path = "CASIA-B_include_005.json",
+        split: str = "train",
+        strict: bool = True,
+        cache: bool = False,
+        validate: bool = True,
+        expected_types: Sequence[str] | None = None,
+        expected_views: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(
+            root,
+            partition_file,
+            split,
+            layout=CASIAB_LAYOUT,
+            strict=strict,
+            cache=cache,
+            validate=validate,
+            expected_types=expected_types,
+            expected_views=expected_views,
         )

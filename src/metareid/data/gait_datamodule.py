@@ -1,4 +1,4 @@
-"""LightningDataModule for CASIA-B-layout gait data (real pkl trees or the embedded synthetic one).
+"""LightningDataModule for gait pkl trees: CASIA-B (real or embedded synthetic), OU-MVLP, GREW.
 
 Training: an infinite identity-balanced P×K batch sampler (identical on every rank, sharded by
 rank) and fixed-length frame sampling. Evaluation: whole sequences, several per batch, zero-padded
@@ -16,23 +16,25 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from metareid.data.casiab import CasiaBDataset
+from metareid.data.casiab import GaitDataset, find_partition_file, get_layout
 from metareid.data.frame_sampling import FrameSampler
 from metareid.data.samplers import IdentityBatchSampler, InferenceBatchSampler
 
 log = logging.getLogger(__name__)
 
-BUNDLED_PARTITIONS = Path(__file__).parent / "partitions"
-
 
 class GaitDataModule(pl.LightningDataModule):
-    """CASIA-B-style gait data.
+    """Gait data in the pkl layout ``root/<id>/<type>/<view>/*.pkl``.
 
     Args:
         root: pkl tree ``root/<id>/<type>/<view>/*.pkl``.
         partition_file: partition JSON; a bare name is looked up in the bundled partitions
             (``CASIA-B_include_005.json``, ``CASIA-B.json``); ``None`` uses ``root/partition.json``
-            when present, else the 74-id CASIA-B split.
+            when present (``src/prepare.py`` writes it), else the 74-id CASIA-B split (CASIA-B
+            only; OU-MVLP and GREW have no bundled partition).
+        layout: ``"casiab"``, ``"oumvlp"`` or ``"grew"`` (see ``metareid.data.casiab``): what the
+            type and view levels hold. The batches' ``type_index``/``view_index`` index that
+            layout's type/view names, so the evaluator must be the matching protocol.
         num_classes: number of training identities the model's classifier was built for; checked
             against the partition so a mismatch fails at start-up, not as a CUDA assert mid-run.
         p, k: identities per batch and sequences per identity (global batch = p·k over all ranks).
@@ -40,6 +42,11 @@ class GaitDataModule(pl.LightningDataModule):
             frame sampling (see ``FrameSampler``).
         frames_all_limit: optional cap on frames per evaluated sequence.
         test_batch_size: sequences per evaluation batch on each rank.
+        strict: raise on an unusable pkl; ``False`` skips (and counts) such sequences.
+        cache: keep loaded sequences in memory.
+        validate: load every pkl at set-up so none can fail mid-run; ``False`` only walks the
+            tree (much faster on OU-MVLP/GREW, whose ``src/prepare.py --check`` does the deep
+            check once instead).
         synthetic: generator arguments of ``generate_synthetic_casiab``; when given, the dataset is
             generated into ``root`` on first use (and regenerated when the arguments change).
         seed: drives the sampler and the frame sampling of every worker.
@@ -49,6 +56,7 @@ class GaitDataModule(pl.LightningDataModule):
         self,
         root: str,
         partition_file: str | None = None,
+        layout: str = "casiab",
         num_classes: int | None = None,
         p: int = 8,
         k: int = 8,
@@ -63,12 +71,19 @@ class GaitDataModule(pl.LightningDataModule):
         num_workers: int = 1,
         strict: bool = True,
         cache: bool = False,
+        validate: bool = True,
         synthetic: dict[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
         self.root = Path(root)
         self.partition_file = partition_file
+        self.layout = get_layout(layout)
+        if synthetic and self.layout.name != "casiab":
+            raise ValueError(
+                f"data.synthetic generates a CASIA-B tree, but data.layout={layout!r}; use "
+                "layout=casiab or drop data.synthetic"
+            )
         self.num_classes = num_classes
         self.p, self.k, self.batch_shuffle = p, k, batch_shuffle
         self.train_frames = dict(
@@ -81,11 +96,11 @@ class GaitDataModule(pl.LightningDataModule):
         self.frames_all_limit = frames_all_limit
         self.test_batch_size = test_batch_size
         self.num_workers = num_workers
-        self.strict, self.cache = strict, cache
+        self.strict, self.cache, self.validate = strict, cache, validate
         self.synthetic = dict(synthetic) if synthetic else None
         self.seed = seed
-        self.train_set: CasiaBDataset | None = None
-        self.test_set: CasiaBDataset | None = None
+        self.train_set: GaitDataset | None = None
+        self.test_set: GaitDataset | None = None
 
     # ----------------------------------------------------------------- set-up
     def prepare_data(self) -> None:
@@ -102,31 +117,29 @@ class GaitDataModule(pl.LightningDataModule):
         stamp.write_text(wanted)
 
     def resolve_partition(self) -> Path:
-        if self.partition_file is None:
-            local = self.root / "partition.json"
-            return local if local.is_file() else BUNDLED_PARTITIONS / "CASIA-B_include_005.json"
-        path = Path(self.partition_file)
-        if not path.is_file() and (BUNDLED_PARTITIONS / path.name).is_file():
-            path = BUNDLED_PARTITIONS / path.name
-        if not path.is_file():
-            bundled = sorted(p.name for p in BUNDLED_PARTITIONS.glob("*.json"))
-            raise FileNotFoundError(
-                f"data.partition_file={self.partition_file!r} not found; "
-                f"give a path or one of {bundled}"
-            )
-        return path
+        try:
+            return find_partition_file(self.root, self.partition_file, self.layout)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"data.partition_file: {error}") from None
 
     def setup(self, stage: str | None = None) -> None:
         if not self.root.is_dir():
+            synthetic = ", or use data=casiab_synthetic" if self.layout.name == "casiab" else ""
             raise FileNotFoundError(
-                f"data.root={str(self.root)!r} does not exist. Prepare CASIA-B with "
-                "`python src/prepare.py casiab --raw <silhouettes> --out <dir>` and set data.root, "
-                "or use data=casiab_synthetic."
+                f"data.root={str(self.root)!r} does not exist. Prepare {self.layout.title} with "
+                f"`python src/prepare.py {self.layout.name} --raw <silhouettes> --out <dir>` and "
+                f"set data.root{synthetic}."
             )
         partition = self.resolve_partition()
-        kwargs = dict(partition_file=partition, strict=self.strict, cache=self.cache)
+        kwargs = dict(
+            partition_file=partition,
+            layout=self.layout,
+            strict=self.strict,
+            cache=self.cache,
+            validate=self.validate,
+        )
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = CasiaBDataset(self.root, split="train", **kwargs)
+            self.train_set = GaitDataset(self.root, split="train", **kwargs)
             n_ids = len(self.train_set.label_set)
             if self.num_classes is not None and n_ids != self.num_classes:
                 raise ValueError(
@@ -139,7 +152,7 @@ class GaitDataModule(pl.LightningDataModule):
                     f"data.p={self.p} identities per batch but only {n_ids} training identities."
                 )
         if self.test_set is None:
-            self.test_set = CasiaBDataset(self.root, split="test", **kwargs)
+            self.test_set = GaitDataset(self.root, split="test", **kwargs)
 
     # ----------------------------------------------------------------- loaders
     def _rank_world(self) -> tuple[int, int]:

@@ -1,31 +1,43 @@
-"""CASIA-B single-view-gallery rank-1 identification (metagait spec §8.1-8.2).
+"""Single-view-gallery rank-1 identification: CASIA-B (metagait spec §8.1-8.2) and OU-MVLP (§8.3).
 
-For each probe condition (NM = nm-05/06, BG = bg-01/02, CL = cl-01/02), each probe view ``v1``
-and each gallery view ``v2``, the gallery is every nm-01..04 sequence *at view v2 only*, and the
-cell's accuracy is the percentage of probes at ``v1`` whose nearest gallery sequence has the same
-subject, rounded to 2 decimals. "Exclude identical-view" averages, per probe view, the cells of
-the other gallery views, then averages over probe views; "include" averages the whole matrix.
+For each probe set (CASIA-B: NM = nm-05/06, BG = bg-01/02, CL = cl-01/02; OU-MVLP: NM = ``00``),
+each probe view ``v1`` and each gallery view ``v2``, the gallery is every sequence of a gallery
+type (CASIA-B nm-01..04, OU-MVLP ``01``) *at view v2 only*, and the cell's accuracy is the
+percentage of probes at ``v1`` whose nearest gallery sequence has the same subject, rounded to 2
+decimals. "Exclude identical-view" averages, per probe view, the cells of the other gallery
+views, then averages over probe views; "include" averages the whole matrix.
+
+:class:`SingleViewGalleryIdentification` implements the protocol for any type/view vocabulary;
+:class:`CasiaBIdentification` and :class:`OUMVLPIdentification` are its two configurations.
+:class:`GaitEmbeddingStore` holds what every gait evaluator accumulates (also used for GREW).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from metareid.data.casiab import OUMVLP_TYPES, OUMVLP_VIEWS
 from metareid.evaluation.distances import part_cosine_distance, part_euclidean_distance
 
 __all__ = [
     "CONDITIONS",
     "CONDITION_PROBE_TYPES",
     "GALLERY_TYPES",
+    "OUMVLP_GALLERY_TYPES",
+    "OUMVLP_PROBE_TYPES",
     "TYPES",
     "VIEWS",
     "CasiaBIdentification",
+    "GaitEmbeddingStore",
+    "OUMVLPIdentification",
+    "SingleViewGalleryIdentification",
     "format_casiab_table",
+    "format_view_pair_table",
 ]
 
 TYPES: tuple[str, ...] = (
@@ -39,35 +51,27 @@ CONDITION_PROBE_TYPES: dict[str, tuple[str, ...]] = {
     "BG": ("bg-01", "bg-02"),
     "CL": ("cl-01", "cl-02"),
 }
+#: OU-MVLP: the second walk (``01``) is the gallery, the first (``00``) the probe.
+OUMVLP_GALLERY_TYPES: tuple[str, ...] = ("01",)
+OUMVLP_PROBE_TYPES: dict[str, tuple[str, ...]] = {"NM": ("00",)}
 
-_DISTANCES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+DISTANCES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "euc": part_euclidean_distance,
     "cos": part_cosine_distance,
 }
 
 
-def _type_lookup(names: tuple[str, ...]) -> torch.Tensor:
-    return torch.tensor([TYPES.index(name) for name in names])
-
-
-class CasiaBIdentification(Metric):
-    """Accumulates test-set embeddings and computes the CASIA-B rank-1 protocol.
+class GaitEmbeddingStore(Metric):
+    """Accumulates test-set part embeddings with their subject, type and view indices.
 
     States are concatenated across DDP ranks at ``compute()`` (``dist_sync_on_step`` stays off:
-    per-batch results are meaningless for this protocol). ``compute()`` returns a dict with
-
-    * ``NM``, ``BG``, ``CL`` (float): exclude-identical-view means; ``Mean``: their average
-      (conditions without any probe or gallery are skipped);
-    * ``NM_include``, ``BG_include``, ``CL_include`` (float): means of the full view matrix;
-    * ``acc``: float64 ``[3, V, V]`` rank-1 percentages (condition, probe view, gallery view),
-      rounded to 2 decimals, NaN where the cell has no probe or no gallery sequence;
-    * ``per_view``: float64 ``[3, V]`` exclude-identical-view mean of each probe view;
-    * ``views``: the ``V`` view names present in the data, in ``VIEWS`` order.
-
-    All means skip NaN cells. ``V`` counts only the views present (a reduced synthetic set
-    works).
+    per-batch results are meaningless for retrieval protocols). Subclasses implement
+    ``compute()`` from :meth:`gathered`.
 
     Args:
+        types: sequence-type names ``type_index`` refers to.
+        views: view names ``view_index`` refers to; ``None`` leaves ``view_index`` unchecked
+            (datasets without view annotation, such as GREW).
         metric: ``"euc"`` (mean over parts of per-part Euclidean distance) or ``"cos"``
             (1 - mean over parts of per-part cosine similarity).
         probe_chunk_size: probes per distance block; bounds memory to about
@@ -79,18 +83,36 @@ class CasiaBIdentification(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, metric: str = "euc", probe_chunk_size: int = 128, **kwargs) -> None:
+    def __init__(
+        self,
+        types: Sequence[str],
+        views: Sequence[str] | None,
+        metric: str = "euc",
+        probe_chunk_size: int = 128,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
-        if metric not in _DISTANCES:
-            raise ValueError(f"metric must be one of {sorted(_DISTANCES)}, got {metric!r}")
+        if metric not in DISTANCES:
+            raise ValueError(f"metric must be one of {sorted(DISTANCES)}, got {metric!r}")
         if probe_chunk_size <= 0:
             raise ValueError(f"probe_chunk_size must be > 0, got {probe_chunk_size}")
+        self.types = tuple(types)
+        self.views = None if views is None else tuple(views)
         self.metric = metric
         self.probe_chunk_size = probe_chunk_size
         self.add_state("embeddings", default=[], dist_reduce_fx="cat")
         self.add_state("subjects", default=[], dist_reduce_fx="cat")
         self.add_state("type_index", default=[], dist_reduce_fx="cat")
         self.add_state("view_index", default=[], dist_reduce_fx="cat")
+
+    def type_positions(self, names: Sequence[str]) -> torch.Tensor:
+        """``[len(names)]`` positions of type names in ``types`` (unknown names raise)."""
+        unknown = [name for name in names if name not in self.types]
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__}: types {unknown} are not among the types {self.types}"
+            )
+        return torch.tensor([self.types.index(name) for name in names], dtype=torch.long)
 
     def update(
         self,
@@ -104,86 +126,143 @@ class CasiaBIdentification(Metric):
         Args:
             embeddings: ``[b, p, c]`` part features.
             subjects: ``[b]`` integer subject ids (any integers, e.g. 75..124).
-            type_index: ``[b]`` positions in ``TYPES``.
-            view_index: ``[b]`` positions in ``VIEWS``.
+            type_index: ``[b]`` positions in ``types``.
+            view_index: ``[b]`` positions in ``views``.
         """
+        name_of_metric = type(self).__name__
         if embeddings.dim() != 3:
             raise ValueError(
-                "CasiaBIdentification.update expects embeddings [batch, parts, channels], got "
+                f"{name_of_metric}.update expects embeddings [batch, parts, channels], got "
                 f"{tuple(embeddings.shape)} (use x[:, None] for single-vector features)"
             )
         batch = embeddings.shape[0]
-        for name, values, upper in (
+        for name, values, names in (
             ("subjects", subjects, None),
-            ("type_index", type_index, len(TYPES)),
-            ("view_index", view_index, len(VIEWS)),
+            ("type_index", type_index, self.types),
+            ("view_index", view_index, self.views),
         ):
             if values.shape != (batch,):
                 raise ValueError(
-                    f"CasiaBIdentification.update: {name} must have shape [{batch}] to match "
+                    f"{name_of_metric}.update: {name} must have shape [{batch}] to match "
                     f"embeddings, got {tuple(values.shape)}"
                 )
             if values.is_floating_point():
-                raise ValueError(f"CasiaBIdentification.update: {name} must be integers")
+                raise ValueError(f"{name_of_metric}.update: {name} must be integers")
             if (
-                upper is not None
+                names is not None
                 and batch
-                and (int(values.min()) < 0 or int(values.max()) >= upper)
+                and (int(values.min()) < 0 or int(values.max()) >= len(names))
             ):
-                names = TYPES if name == "type_index" else VIEWS
                 raise ValueError(
-                    f"CasiaBIdentification.update: {name} must index {names}; got values in "
-                    f"[{int(values.min())}, {int(values.max())}]"
+                    f"{name_of_metric}.update: {name} must index {names}; got values in "
+                    f"[{int(values.min())}, {int(values.max())}] (is the evaluator the one "
+                    "of the dataset layout?)"
                 )
         self.embeddings.append(embeddings.detach())
         self.subjects.append(subjects.detach().long())
         self.type_index.append(type_index.detach().long())
         self.view_index.append(view_index.detach().long())
 
-    def format_table(self, result: dict) -> str:
-        """The printed CASIA-B table of a ``compute()`` result."""
-        return format_casiab_table(result)
-
-    def compute(self) -> dict:
+    def gathered(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Everything added so far: embeddings ``[N, p, c]`` (fp32), subjects, type_index and
+        view_index ``[N]``. Raises ``RuntimeError`` when nothing was added."""
+        name = type(self).__name__
         # After a DDP sync the list states arrive already concatenated into tensors.
         if isinstance(self.subjects, list) and not self.subjects:
-            raise RuntimeError("CasiaBIdentification.compute() called before any update()")
+            raise RuntimeError(f"{name}.compute() called before any update()")
         subjects = dim_zero_cat(self.subjects)
         if subjects.numel() == 0:
-            raise RuntimeError("CasiaBIdentification.compute(): every update() batch was empty")
-        embeddings = dim_zero_cat(self.embeddings).float()
-        type_index = dim_zero_cat(self.type_index)
-        view_index = dim_zero_cat(self.view_index)
+            raise RuntimeError(f"{name}.compute(): every update() batch was empty")
+        return (
+            dim_zero_cat(self.embeddings).float(),
+            subjects,
+            dim_zero_cat(self.type_index),
+            dim_zero_cat(self.view_index),
+        )
+
+
+class SingleViewGalleryIdentification(GaitEmbeddingStore):
+    """Rank-1 accuracy for every (probe set, probe view, gallery view) with single-view galleries.
+
+    ``compute()`` returns a dict with
+
+    * one float per probe set (e.g. ``NM``, ``BG``, ``CL``): exclude-identical-view means;
+      ``Mean``: their average (probe sets without any probe or gallery are skipped);
+    * ``<set>_include`` (float): means of the full view matrix;
+    * ``acc``: float64 ``[S, V, V]`` rank-1 percentages (probe set, probe view, gallery view),
+      rounded to 2 decimals, NaN where the cell has no probe or no gallery sequence;
+    * ``per_view``: float64 ``[S, V]`` exclude-identical-view mean of each probe view;
+    * ``views``: the ``V`` view names present in the data, in ``views`` order;
+    * ``conditions``: the ``S`` probe-set names.
+
+    All means skip NaN cells. ``V`` counts only the views present (a reduced synthetic set
+    works).
+
+    Args:
+        types, views: names ``type_index`` / ``view_index`` refer to.
+        gallery_types: types that make up the gallery.
+        probe_sets: probe-set name -> its probe types, in report order.
+        metric, probe_chunk_size, **kwargs: see :class:`GaitEmbeddingStore`.
+    """
+
+    def __init__(
+        self,
+        types: Sequence[str] = TYPES,
+        views: Sequence[str] = VIEWS,
+        gallery_types: Sequence[str] = GALLERY_TYPES,
+        probe_sets: Mapping[str, Sequence[str]] = CONDITION_PROBE_TYPES,
+        metric: str = "euc",
+        probe_chunk_size: int = 128,
+        **kwargs,
+    ) -> None:
+        super().__init__(types, views, metric=metric, probe_chunk_size=probe_chunk_size, **kwargs)
+        if not probe_sets:
+            raise ValueError(f"{type(self).__name__}: probe_sets must name at least one set")
+        self.gallery_types = tuple(gallery_types)
+        self.probe_sets = {name: tuple(names) for name, names in probe_sets.items()}
+        self.conditions = tuple(self.probe_sets)
+        # Resolve the names now so that a typo fails at construction, not after a test epoch.
+        self._gallery_positions = self.type_positions(self.gallery_types)
+        self._probe_positions = [self.type_positions(t) for t in self.probe_sets.values()]
+
+    def format_table(self, result: dict) -> str:
+        """The printed table of a ``compute()`` result."""
+        return format_view_pair_table(result)
+
+    def compute(self) -> dict:
+        embeddings, subjects, type_index, view_index = self.gathered()
+        device = view_index.device
+        num_conditions = len(self.conditions)
 
         present_views = torch.unique(view_index)  # sorted
         num_views = len(present_views)
-        # Map VIEWS positions to 0..V-1 among the views actually present.
-        view_slot = torch.full((len(VIEWS),), -1, dtype=torch.long, device=view_index.device)
-        view_slot[present_views] = torch.arange(num_views, device=view_index.device)
+        # Map positions in `views` to 0..V-1 among the views actually present.
+        view_slot = torch.full((len(self.views),), -1, dtype=torch.long, device=device)
+        view_slot[present_views] = torch.arange(num_views, device=device)
         slot = view_slot[view_index]
 
-        gallery_types = _type_lookup(GALLERY_TYPES).to(type_index.device)
-        is_gallery = torch.isin(type_index, gallery_types)
-        condition = torch.full_like(type_index, -1)
-        for condition_id, name in enumerate(CONDITIONS):
-            probe_types = _type_lookup(CONDITION_PROBE_TYPES[name]).to(type_index.device)
-            condition[torch.isin(type_index, probe_types)] = condition_id
-        is_probe = condition >= 0
-
-        hits, probe_counts = self._count_rank1_hits(
-            embeddings[is_probe],
-            subjects[is_probe],
-            condition[is_probe] * num_views + slot[is_probe],
-            embeddings[is_gallery],
-            subjects[is_gallery],
-            slot[is_gallery],
-            num_views,
-        )
+        is_gallery = torch.isin(type_index, self._gallery_positions.to(device))
+        # One pass per probe set: sets may share types (a sequence then counts in each).
+        hits, probe_counts = [], []
+        for probe_types in self._probe_positions:
+            is_probe = torch.isin(type_index, probe_types.to(device))
+            set_hits, set_counts = self._count_rank1_hits(
+                embeddings[is_probe],
+                subjects[is_probe],
+                slot[is_probe],
+                embeddings[is_gallery],
+                subjects[is_gallery],
+                slot[is_gallery],
+                num_views,
+            )
+            hits.append(set_hits)
+            probe_counts.append(set_counts)
+        hits, probe_counts = torch.cat(hits), torch.cat(probe_counts)
         gallery_counts = torch.bincount(slot[is_gallery], minlength=num_views)
 
         accuracy = 100.0 * hits.cpu() / probe_counts.cpu().double()[:, None]
-        accuracy = torch.round(accuracy, decimals=2).reshape(len(CONDITIONS), num_views, num_views)
-        empty_cell = (probe_counts.cpu() == 0).reshape(len(CONDITIONS), num_views, 1) | (
+        accuracy = torch.round(accuracy, decimals=2).reshape(num_conditions, num_views, num_views)
+        empty_cell = (probe_counts.cpu() == 0).reshape(num_conditions, num_views, 1) | (
             gallery_counts.cpu() == 0
         ).reshape(1, 1, num_views)
         accuracy = accuracy.masked_fill(empty_cell, math.nan)
@@ -194,21 +273,22 @@ class CasiaBIdentification(Metric):
         include = torch.nanmean(accuracy.flatten(1), dim=-1)
 
         result: dict = {}
-        for condition_id, name in enumerate(CONDITIONS):
+        for condition_id, name in enumerate(self.conditions):
             result[name] = float(exclude[condition_id])
         result["Mean"] = float(torch.nanmean(exclude))
-        for condition_id, name in enumerate(CONDITIONS):
+        for condition_id, name in enumerate(self.conditions):
             result[f"{name}_include"] = float(include[condition_id])
         result["acc"] = accuracy
         result["per_view"] = per_view
-        result["views"] = [VIEWS[int(v)] for v in present_views]
+        result["views"] = [self.views[int(v)] for v in present_views]
+        result["conditions"] = list(self.conditions)
         return result
 
     def _count_rank1_hits(
         self,
         probe_embeddings: torch.Tensor,
         probe_subjects: torch.Tensor,
-        probe_row: torch.Tensor,
+        probe_slot: torch.Tensor,
         gallery_embeddings: torch.Tensor,
         gallery_subjects: torch.Tensor,
         gallery_slot: torch.Tensor,
@@ -218,56 +298,124 @@ class CasiaBIdentification(Metric):
 
         Args:
             probe_embeddings: ``[P, p, c]``; probe_subjects ``[P]``.
-            probe_row: ``[P]`` row ``condition * V + probe view slot``.
+            probe_slot: ``[P]`` probe view slot in ``0..V-1``.
             gallery_embeddings: ``[G, p, c]``; gallery_subjects ``[G]``.
             gallery_slot: ``[G]`` gallery view slot in ``0..V-1``.
 
         Returns:
-            ``hits`` float64 ``[3 * V, V]`` (probe row, gallery view) and ``probe_counts``
-            ``[3 * V]``.
+            ``hits`` float64 ``[V, V]`` (probe view, gallery view) and ``probe_counts`` ``[V]``.
         """
         device = probe_embeddings.device
-        num_rows = len(CONDITIONS) * num_views
-        hits = torch.zeros(num_rows, num_views, dtype=torch.float64, device=device)
-        probe_counts = torch.bincount(probe_row, minlength=num_rows)
+        hits = torch.zeros(num_views, num_views, dtype=torch.float64, device=device)
+        probe_counts = torch.bincount(probe_slot, minlength=num_views)
         if len(probe_subjects) == 0 or len(gallery_subjects) == 0:
             return hits, probe_counts
 
-        distance_fn = _DISTANCES[self.metric]
-        # [V, G]: which gallery sequences make up each single-view gallery.
-        outside_view = gallery_slot[None, :] != torch.arange(num_views, device=device)[:, None]
+        # Group the gallery by view (a stable sort keeps each view's order, hence argmin's
+        # tie-breaking) so that each single-view gallery is a contiguous column range: memory
+        # stays at one [chunk, G] distance block whatever the number of views.
+        order = torch.argsort(gallery_slot, stable=True)
+        gallery_embeddings, gallery_subjects = gallery_embeddings[order], gallery_subjects[order]
+        ends = torch.cumsum(torch.bincount(gallery_slot, minlength=num_views), 0).tolist()
+        view_ranges = [
+            (view, start, stop)
+            for view, (start, stop) in enumerate(zip([0, *ends[:-1]], ends, strict=True))
+            if stop > start
+        ]
+        distance_fn = DISTANCES[self.metric]
         for start in range(0, len(probe_subjects), self.probe_chunk_size):
             stop = start + self.probe_chunk_size
             distances = distance_fn(probe_embeddings[start:stop], gallery_embeddings)  # [b, G]
-            per_view = distances[:, None, :].masked_fill(outside_view[None], math.inf)
-            nearest = per_view.argmin(-1)  # [b, V]; meaningless for empty views, masked later
-            correct = gallery_subjects[nearest] == probe_subjects[start:stop, None]
-            hits.index_add_(0, probe_row[start:stop], correct.double())
+            correct = torch.zeros(len(distances), num_views, dtype=torch.float64, device=device)
+            for view, first, last in view_ranges:
+                nearest = first + distances[:, first:last].argmin(-1)
+                correct[:, view] = (
+                    gallery_subjects[nearest] == probe_subjects[start:stop]
+                ).double()
+            hits.index_add_(0, probe_slot[start:stop], correct)
         return hits, probe_counts
 
 
-def format_casiab_table(result: dict) -> str:
-    """Render a ``CasiaBIdentification.compute()`` result in the OpenGait log layout.
+class CasiaBIdentification(SingleViewGalleryIdentification):
+    """The CASIA-B protocol: gallery nm-01..04; probe sets NM, BG, CL over the 11 views.
+
+    ``compute()`` gives ``NM``, ``BG``, ``CL``, ``Mean``, ``NM_include``, ``BG_include``,
+    ``CL_include``, ``acc`` ``[3, V, V]``, ``per_view`` ``[3, V]``, ``views`` and ``conditions``
+    (see :class:`SingleViewGalleryIdentification`).
+
+    Args:
+        metric, probe_chunk_size, **kwargs: see :class:`GaitEmbeddingStore`.
+    """
+
+    def __init__(self, metric: str = "euc", probe_chunk_size: int = 128, **kwargs) -> None:
+        super().__init__(
+            types=TYPES,
+            views=VIEWS,
+            gallery_types=GALLERY_TYPES,
+            probe_sets=CONDITION_PROBE_TYPES,
+            metric=metric,
+            probe_chunk_size=probe_chunk_size,
+            **kwargs,
+        )
+
+
+class OUMVLPIdentification(SingleViewGalleryIdentification):
+    """The OU-MVLP protocol: probe sequence ``00`` against the gallery ``01`` of each of the 14
+    views (metagait spec §8.3).
+
+    ``compute()`` gives ``NM`` (exclude identical view), ``NM_include``, ``Mean`` (= ``NM``),
+    ``acc`` ``[1, V, V]``, ``per_view`` ``[1, V]``, ``views`` and ``conditions``.
+
+    Every probe counts, also one whose subject has no gallery sequence at the gallery view (as
+    OpenGait does without ``remove_no_gallery``).
+
+    Args:
+        metric, probe_chunk_size, **kwargs: see :class:`GaitEmbeddingStore`. The test set has
+            about 67k gallery sequences, so keep ``probe_chunk_size`` small (a ``[64, chunk,
+            67k]`` float block for ``"euc"``).
+    """
+
+    def __init__(self, metric: str = "euc", probe_chunk_size: int = 32, **kwargs) -> None:
+        super().__init__(
+            types=OUMVLP_TYPES,
+            views=OUMVLP_VIEWS,
+            gallery_types=OUMVLP_GALLERY_TYPES,
+            probe_sets=OUMVLP_PROBE_TYPES,
+            metric=metric,
+            probe_chunk_size=probe_chunk_size,
+            **kwargs,
+        )
+
+
+def format_view_pair_table(result: dict) -> str:
+    """Render a ``SingleViewGalleryIdentification.compute()`` result in the OpenGait log layout.
 
     The include/exclude means come first, then an aligned table of the per-probe-view
-    exclude-identical-view rank-1 (one row per condition, one column per view, plus the mean).
-    Missing values print as ``-``.
+    exclude-identical-view rank-1 (one row per probe set, one column per view, plus the mean).
+    Missing values print as ``-``; ``Mean`` is printed only with several probe sets.
     """
 
     def number(value: float) -> str:
         return "-" if math.isnan(value) else f"{value:.2f}"
 
+    conditions = list(result.get("conditions", CONDITIONS))
     views = list(result["views"])
     lines = ["===Rank-1 (Include identical-view cases)==="]
-    lines.append(", ".join(f"{name}: {number(result[f'{name}_include'])}" for name in CONDITIONS))
+    lines.append(", ".join(f"{name}: {number(result[f'{name}_include'])}" for name in conditions))
     lines.append("===Rank-1 (Exclude identical-view cases)===")
-    excluded = [f"{name}: {number(result[name])}" for name in (*CONDITIONS, "Mean")]
-    lines.append(", ".join(excluded))
+    summary = [*conditions, "Mean"] if len(conditions) > 1 else conditions
+    lines.append(", ".join(f"{name}: {number(result[name])}" for name in summary))
     lines.append("===Rank-1 of each angle (Exclude identical-view cases)===")
     width = 7
-    lines.append("view".ljust(5) + "".join(v.rjust(width) for v in views) + "mean".rjust(width + 1))
+    label_width = max(5, max(len(name) for name in conditions) + 2)
+    header = "view".ljust(label_width) + "".join(v.rjust(width) for v in views)
+    lines.append(header + "mean".rjust(width + 1))
     per_view = result["per_view"]
-    for condition_id, name in enumerate(CONDITIONS):
+    for condition_id, name in enumerate(conditions):
         cells = "".join(number(float(x)).rjust(width) for x in per_view[condition_id])
-        lines.append(f"{name}:".ljust(5) + cells + number(result[name]).rjust(width + 1))
+        lines.append(f"{name}:".ljust(label_width) + cells + number(result[name]).rjust(width + 1))
     return "\n".join(lines)
+
+
+#: The CASIA-B name of :func:`format_view_pair_table` (the table is the same for every dataset).
+format_casiab_table = format_view_pair_table
