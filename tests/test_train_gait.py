@@ -103,3 +103,20 @@ def test_precise_bn_and_layer_freeze_callbacks_run_in_a_gait_fit(make_config, ga
     trainer.fit(model, datamodule=datamodule)
     assert torch.equal(model.net.conv3d[0].conv3d.weight, before)  # frozen for both steps
     assert "test/Mean" in trainer.callback_metrics  # evaluation ran after PreciseBN
+
+
+def test_evaluator_must_match_the_data_layout(make_config, gait_overrides):
+    cfg = make_config(
+        "train",
+        [
+            *gait_overrides,
+            "callbacks=none",
+            "+model.evaluator._target_=metareid.evaluation.casiab.OUMVLPIdentification",
+            "+model.evaluator._partial_=true",
+        ],
+    )
+    from metareid.utils.instantiate import build_run
+
+    datamodule, model, trainer = build_run(cfg)
+    with pytest.raises(ValueError, match="does not match data.layout='casiab'"):
+        trainer.fit(model, datamodule=datamodule)

@@ -72,6 +72,18 @@ class GaitModule(pl.LightningModule):
         self.test_metric = make_metric()
         self.last_results: dict[str, Any] = {}
 
+    def setup(self, stage: str) -> None:
+        # A CASIA-B evaluator reading OU-MVLP's "00"/"01" would silently treat them as nm-01/02.
+        layout = getattr(getattr(self.trainer, "datamodule", None), "layout", None)
+        evaluator_types = getattr(self.val_metric, "types", None)
+        if layout is not None and evaluator_types is not None:
+            if tuple(evaluator_types) != tuple(layout.types):
+                raise ValueError(
+                    f"model.evaluator ({type(self.val_metric).__name__}, types "
+                    f"{tuple(evaluator_types)}) does not match data.layout={layout.name!r} "
+                    f"(types {tuple(layout.types)}); pick the evaluator of that dataset."
+                )
+
     def forward(self, sils: torch.Tensor, seq_lens: torch.Tensor | None = None) -> dict:
         return self.net(sils, seq_lens=seq_lens)
 
