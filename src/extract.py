@@ -103,7 +103,8 @@ class SilhouetteTreeSet(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
-            frames = read_silhouettes(self.files[index])
+            # Any frame width: GREW frames come pre-normalised (cut_silhouettes keeps width < 64).
+            frames = read_silhouettes(self.files[index], frame_width=None)
         except ValueError as error:
             if self.strict:
                 raise ValueError(f"{error} (extract.py: strict=false skips such files)") from None
