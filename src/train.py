@@ -9,6 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from metareid.reporting import REPORT_DIRNAME, write_report
 from metareid.utils.instantiate import build_run
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ckpt = None if cfg.get("train", True) else cfg.get("ckpt_path")
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        if cfg.get("report", True) and trainer.is_global_zero:
+            write_report(
+                getattr(model, "last_results", None),
+                Path(cfg.paths.output_dir) / REPORT_DIRNAME,
+                metadata={"task_name": cfg.get("task_name"), "weights": ckpt or "end of training"},
+            )
     log.info("Final metrics: %s", metrics)
     return metrics
 
