@@ -241,7 +241,9 @@ def test_disabled_mode_trains_without_writing_a_run(
 
 @pytest.fixture(scope="module")
 def synthetic_reid_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("synthetic_reid_wandb")
+    # One folder per session for test_wandb and test_sweeps (same TINY_REID sizes): the data
+    # module generates the domains on first use only.
+    return tmp_path_factory.getbasetemp() / "synthetic_reid_tiny"
 
 
 def test_reid_run_logs_retrieval_table_cmc_and_rank_lists(
@@ -261,8 +263,7 @@ def test_reid_run_logs_retrieval_table_cmc_and_rank_lists(
             "model.initial_basic_steps=1",
             "model.scheduler.max_epochs=2",
             "model.scheduler.warmup_epochs=1",
-            "trainer.max_epochs=1",
-            "trainer.check_val_every_n_epoch=1",
+            "trainer.max_steps=3",
             "trainer.log_every_n_steps=1",
             "trainer.enable_progress_bar=false",
             "callbacks=none",
@@ -282,9 +283,20 @@ def test_reid_run_logs_retrieval_table_cmc_and_rank_lists(
     (row,) = retrieval["data"]
     assert row[0] == "synD"
     assert row[1] == pytest.approx(metrics["test/synD/rank1"], abs=1e-4)
-    assert "test/cmc_table/_type" in run["history"] or any(
-        key.startswith("test/cmc") for key in run["history"]
-    )
+    # The CMC chart's data: rank k -> CMC@k, starting at Rank-1 and never decreasing.
+    assert "test/cmc_table/_type" in run["history"]
+    curve = [value for _, target, value in table(run_dir, "test/cmc_table")["data"]]
+    assert curve[0] == pytest.approx(metrics["test/synD/rank1"], abs=1e-4)
+    assert curve[4] == pytest.approx(metrics["test/synD/rank5"], abs=1e-4)
+    assert all(b >= a for a, b in zip(curve, curve[1:], strict=False))
+
     assert image(run_dir, "train/inputs").shape == (64, 8 * 32, 3)  # batch 0: 8 images
     # 3 queries x (query + top 4), 64 x 32 images inside 2-pixel frames.
-    assert image(run_dir, "test/synD/rank_list").shape == (3 * 68, 5 * 36, 3)
+    rank_list = image(run_dir, "test/synD/rank_list")
+    assert rank_list.shape == (3 * 68, 5 * 36, 3)
+    (caption,) = run["history"]["test/synD/rank_list/captions"][0]
+    hits_per_query = json.loads(caption.rpartition(": ")[2])
+    corners = rank_list[::68, ::36]  # top-left border pixel of every tile
+    assert all(tuple(c) == QUERY_COLOUR for c in corners[:, 0])
+    assert [sum(tuple(c) == MATCH_COLOUR for c in row[1:]) for row in corners] == hits_per_query
+    assert all(tuple(c) in (MATCH_COLOUR, MISMATCH_COLOUR) for c in corners[:, 1:].reshape(-1, 3))

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.func import functional_call
+from torchmetrics.utilities.data import dim_zero_cat
 
 from metareid.evaluation.reid import ReIDRetrieval, format_reid_table
 from metareid.losses.reid import ACLLosses
@@ -56,6 +57,13 @@ class ReIDModule(pl.LightningModule):
             ``"router"`` (only the HyperRouters).
         flip_test: average the features of each test image and its mirror.
         distance / rerank: evaluation distance and k-reciprocal re-ranking.
+        inner_lr_scale: multiplies the inner (meta-train) step size, which is the meta
+            optimizer's current LR (1.0 = released).
+        adaptor_lr_scale: further factor of that step for the CODE-block branch parameters
+            (names containing ``adaptor``; 0.5 = released, see ``meta_ops.default_step_scale``).
+        keep_eval_features: after each evaluation keep, per target, the features ``[N, C]``,
+            ``pids``, ``camids`` and ``is_query`` ``[N]`` (on CPU) in ``last_eval_features``,
+            e.g. for rank-list pictures; costs one copy of the test features in host memory.
     """
 
     def __init__(
@@ -73,8 +81,17 @@ class ReIDModule(pl.LightningModule):
         distance: str = "cosine",
         rerank: bool = False,
         print_table: bool = True,
+        inner_lr_scale: float = 1.0,
+        adaptor_lr_scale: float = 0.5,
+        keep_eval_features: bool = False,
     ) -> None:
         super().__init__()
+        for name, value in (
+            ("inner_lr_scale", inner_lr_scale),
+            ("adaptor_lr_scale", adaptor_lr_scale),
+        ):
+            if not value >= 0:
+                raise ValueError(f"model.{name} must be a non-negative number, got {value!r}")
         if meta_update_scope not in META_UPDATE_SCOPES:
             raise ValueError(
                 f"model.meta_update_scope must be one of {META_UPDATE_SCOPES}, "
@@ -97,9 +114,13 @@ class ReIDModule(pl.LightningModule):
         self.flip_test = flip_test
         self.print_table = print_table
         self.distance, self.rerank = distance, rerank
+        self.inner_lr_scale = inner_lr_scale
+        self.adaptor_lr_scale = adaptor_lr_scale
+        self.keep_eval_features = keep_eval_features
         self.eval_metrics = nn.ModuleList()
         self.target_names: list[str] = []
         self.last_results: dict[str, dict[str, Any]] = {}
+        self.last_eval_features: dict[str, dict[str, Tensor]] = {}
 
     # ------------------------------------------------------------------ set-up
     def setup(self, stage: str) -> None:
@@ -206,8 +227,8 @@ class ReIDModule(pl.LightningModule):
                     if grad is not None:
                         dist.all_reduce(grad)
                         grad.div_(world)
-            step_size = meta_optimizer.param_groups[0]["lr"]
-            weights = fast_weights(self.net, grads, step_size)
+            step_size = meta_optimizer.param_groups[0]["lr"] * self.inner_lr_scale
+            weights = fast_weights(self.net, grads, step_size, scale_fn=self._inner_step_scale)
             weights.update(dict(self.net.named_buffers()))
             test_outputs = functional_call(self.net, weights, (self._images(meta_test),))
             test_terms = self._forward_losses(
@@ -225,6 +246,10 @@ class ReIDModule(pl.LightningModule):
         terms = {f"mtrain/{k}": v for k, v in train_terms.items()}
         terms.update({f"mtest/{k}": v for k, v in test_terms.items()})
         return terms
+
+    def _inner_step_scale(self, parameter_name: str) -> float:
+        # The released rule of meta_ops.default_step_scale, with its 0.5 made configurable.
+        return self.adaptor_lr_scale if "adaptor" in parameter_name else 1.0
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         # Lightning step s <-> ACL iteration s - (initial_basic_steps - 1); negative = warm-start.
@@ -266,10 +291,17 @@ class ReIDModule(pl.LightningModule):
 
     def _finish_evaluation(self) -> None:
         results = {}
+        self.last_eval_features = {}
         for name, metric in zip(self.target_names, self.eval_metrics, strict=True):
             if not metric.update_called:
                 continue
             result = metric.compute()
+            if self.keep_eval_features:
+                # This process's samples, in loader order (compute() restores the local states).
+                self.last_eval_features[name] = {
+                    key: dim_zero_cat(getattr(metric, key)).detach().cpu()
+                    for key in ("features", "pids", "camids", "is_query")
+                }
             metric.reset()
             results[name] = result
             self.log_dict(
