@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from metareid.reporting import REPORT_DIRNAME, write_report
+from metareid.callbacks.wandb_media import finish_wandb_runs
 from metareid.utils.instantiate import build_run
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 metadata={"task_name": cfg.get("task_name"), "weights": ckpt or "end of training"},
             )
     log.info("Final metrics: %s", metrics)
+    finish_wandb_runs()  # flush this run now, not at interpreter exit (sweeps run many)
     return metrics
 
 
@@ -43,7 +45,14 @@ def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     # Sweepers (optuna, wandb) optimise the value named by `optimized_metric`.
     name = cfg.get("optimized_metric")
-    return metrics.get(name) if name else None
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(
+            f"optimized_metric={name!r} was not logged; logged metrics: {sorted(metrics)}. "
+            "Set optimized_metric to one of them (ReID: test/mAP or test/rank1)."
+        )
+    return metrics[name]
 
 
 if __name__ == "__main__":

@@ -96,3 +96,11 @@ def test_every_target_is_importable(make_config):
 def test_sweep_and_paths_resolve_relative_to_repo(make_config):
     cfg = make_config("train", [])
     assert Path(cfg.paths.root_dir).resolve() == CONF.parent
+
+
+@pytest.mark.parametrize("model", ["metagait", "gaitgl", "dr50", "gaitgl_large"])
+def test_optimized_metric_is_one_the_model_logs(make_config, model):
+    companion = ["data=oumvlp"] if model == "gaitgl_large" else []
+    cfg = make_config("train", [f"model={model}", *companion])
+    logged = {"dr50": {"test/mAP", "test/rank1"}}.get(model, {"test/Mean", "test/NM"})
+    assert cfg.optimized_metric in logged

@@ -107,3 +107,26 @@ def test_meta_step_updates_only_its_scope(make_config, reid_overrides, scope):
     else:
         assert any(k.startswith("backbone.layer1") for k in changed)
         assert any(k.startswith("heads.") for k in changed)
+
+
+def test_ddp_two_cpu_processes_with_precise_bn(make_config, reid_overrides):
+    """gloo DDP with the meta step: gathered losses, all-reduced inner gradients, PreciseBN."""
+    cfg = make_config(
+        "train",
+        [
+            *reid_overrides,
+            "callbacks=[precise_bn]",
+            "callbacks.precise_bn.num_batches=2",
+            "logger=[]",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.sync_batchnorm=false",
+            # fc_classifier and the map BNs are kept for checkpoints but get no gradient.
+            "trainer.strategy=ddp_spawn_find_unused_parameters_true",
+            "trainer.max_epochs=1",
+            "model.meta_interval=1",
+        ],
+    )
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/synD/mAP"] <= 100.0

@@ -13,6 +13,7 @@ from itertools import islice
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import CombinedLoader
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class PreciseBN(pl.Callback):
             with torch.no_grad():
                 loader = datamodule.train_dataloader()
                 for batch in islice(iter(loader), self.num_batches):
+                    if isinstance(loader, CombinedLoader):
+                        batch = batch[0]  # it yields (batch, batch_idx, dataloader_idx)
                     batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
                     forward(batch)
                     used += 1

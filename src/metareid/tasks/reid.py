@@ -132,6 +132,12 @@ class ReIDModule(pl.LightningModule):
                 ReIDRetrieval(distance=self.distance, rerank=self.rerank) for _ in names
             )
 
+    def precise_bn_forward(self, batch: Mapping[str, Any]) -> None:
+        """Training-mode forward of a merged batch for the PreciseBN callback (BN ``general``)."""
+        merged = batch["merged"] if "merged" in batch else batch
+        with bn_mode(self.net, "general"):
+            self.net(merged["image"].float())
+
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params=params)
