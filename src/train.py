@@ -9,8 +9,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from metareid.reporting import REPORT_DIRNAME, write_report
 from metareid.callbacks.wandb_media import finish_wandb_runs
+from metareid.reporting import REPORT_DIRNAME, write_report
 from metareid.utils.instantiate import build_run
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hydra_helpers import TINY_CALLBACKS, TINY_GAIT
 from eval import evaluate
+from hydra_helpers import TINY_CALLBACKS, TINY_GAIT
 from train import train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -76,7 +76,12 @@ def test_ddp_two_cpu_processes_train_and_evaluate(make_config, gait_overrides):
 
 
 def test_deterministic_runs_repeat_exactly(make_config, gait_overrides):
-    overrides = [*gait_overrides, "callbacks=none", "trainer.deterministic=true", "trainer.max_steps=2"]
+    overrides = [
+        *gait_overrides,
+        "callbacks=none",
+        "trainer.deterministic=true",
+        "trainer.max_steps=2",
+    ]
     first = train(make_config("train", overrides))
     second = train(make_config("train", overrides))
     assert first["train/loss"] == second["train/loss"]

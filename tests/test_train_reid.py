@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from hydra_helpers import TINY_CALLBACKS
-from train import train
 from metareid.tasks.reid import ReIDModule
 from metareid.utils.instantiate import build_run
+from train import train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -46,7 +46,12 @@ def reid_overrides(synthetic_reid_root: Path) -> list[str]:
 def test_train_resume_restores_both_optimizers_and_evaluates(make_config, reid_overrides):
     cfg = make_config("train", [*reid_overrides, *TINY_CALLBACKS, "trainer.max_epochs=1"])
     metrics = train(cfg)
-    for key in ("basic/loss_cls", "basic/loss_triplet", "mtrain/loss_triplet_add", "mtest/loss_triplet_mtest"):
+    for key in (
+        "basic/loss_cls",
+        "basic/loss_triplet",
+        "mtrain/loss_triplet_add",
+        "mtest/loss_triplet_mtest",
+    ):
         assert key in metrics, key
     assert {"test/synD/rank1", "test/synD/mAP", "test/synD/mINP"} <= set(metrics)
 
@@ -72,7 +77,11 @@ def test_train_resume_restores_both_optimizers_and_evaluates(make_config, reid_o
     model.on_train_start = capture
     trainer.fit(model, datamodule=datamodule, ckpt_path=str(last))
     assert restored["meta_lr"] == pytest.approx(meta_lr)
-    assert restored["schedulers"][0] == restored["schedulers"][1] == saved["lr_schedulers"][1]["last_epoch"]
+    assert (
+        restored["schedulers"][0]
+        == restored["schedulers"][1]
+        == saved["lr_schedulers"][1]["last_epoch"]
+    )
 
 
 @pytest.mark.parametrize("scope", ["router", "all"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,34 +19,26 @@ from raw_releases import (
 )
 
 
-@pytest.fixture
-def casiab_raw(tmp_path: Path) -> Path:
-    return write_casiab_raw(tmp_path)
+def _written_by(writer: Callable[[Path], Path]):
+    """A fixture giving the path ``writer`` returns after fabricating a release in ``tmp_path``."""
+
+    def fabricated(tmp_path: Path) -> Path:
+        return writer(tmp_path)
+
+    fabricated.__doc__ = (
+        f"``{writer.__name__}(tmp_path)``: {writer.__doc__ or 'see raw_releases.py'}"
+    )
+    return pytest.fixture(fabricated)
 
 
-@pytest.fixture
-def casiab_partition_file(tmp_path: Path) -> Path:
-    return write_casiab_partition_file(tmp_path)
-
-
-@pytest.fixture
-def oumvlp_raw(tmp_path: Path) -> Path:
-    return write_oumvlp_raw(tmp_path)
-
-
-@pytest.fixture
-def grew_raw(tmp_path: Path) -> Path:
-    return write_grew_raw(tmp_path)
-
-
-@pytest.fixture
-def market_raw(tmp_path: Path) -> Path:
-    return write_market_raw(tmp_path)
-
-
-@pytest.fixture
-def duke_raw(tmp_path: Path) -> Path:
-    return write_duke_raw(tmp_path)
+casiab_raw = _written_by(write_casiab_raw)
+casiab_partition_file = _written_by(write_casiab_partition_file)
+oumvlp_raw = _written_by(write_oumvlp_raw)
+grew_raw = _written_by(write_grew_raw)
+market_raw = _written_by(write_market_raw)
+duke_raw = _written_by(write_duke_raw)
+cuhk03_raw = _written_by(write_cuhk03_raw)
+cuhksysu_raw = _written_by(write_cuhksysu_raw)
 
 
 @pytest.fixture(params=["V1", "V2"])
@@ -54,13 +47,3 @@ def msmt17_raw(request, tmp_path: Path) -> Path:
     folders = ("train", "test") if request.param == "V1" else ("mask_train_v2", "mask_test_v2")
     write_msmt17(tmp_path / "msmt" / f"MSMT17_{request.param}", *folders)
     return tmp_path / "msmt"
-
-
-@pytest.fixture
-def cuhk03_raw(tmp_path: Path) -> Path:
-    return write_cuhk03_raw(tmp_path)
-
-
-@pytest.fixture
-def cuhksysu_raw(tmp_path: Path) -> Path:
-    return write_cuhksysu_raw(tmp_path)

@@ -36,6 +36,15 @@ def assert_names_path_and_fix(error: PrepareError, path) -> None:
     assert str(path) in str(error) and "Fix:" in str(error)
 
 
+def strict_then_lenient(prepare, raw, tmp_path, match: str, culprit, **kwargs):
+    """Prepare ``raw`` strictly into ``tmp_path/strict``, which must stop at ``culprit`` naming it
+    and the fix, then with ``strict=False`` into ``tmp_path/lenient``; the lenient report."""
+    with pytest.raises(PrepareError, match=match) as caught:
+        prepare(raw, tmp_path / "strict", **kwargs)
+    assert_names_path_and_fix(caught.value, culprit)
+    return prepare(raw, tmp_path / "lenient", strict=False, **kwargs)
+
+
 # --------------------------------------------------------------------------- wrong directory depth
 def test_raw_one_level_too_high_names_the_folder_to_pass(casiab_raw, tmp_path):
     with pytest.raises(PrepareError, match="one level deeper") as caught:
@@ -61,10 +70,9 @@ def test_unextracted_subject_archives_are_recognised(tmp_path):
 def test_frames_without_view_level_are_a_depth_problem(casiab_raw, tmp_path):
     misplaced = casiab_raw / "002" / "nm-01" / "002-nm-01-000-009.png"
     shutil.copy(casiab_raw / "002" / "nm-01" / "000" / "002-nm-01-000-001.png", misplaced)
-    with pytest.raises(PrepareError, match="wrong directory depth") as caught:
-        prepare_gait(casiab_raw, tmp_path / "strict")
-    assert_names_path_and_fix(caught.value, misplaced)
-    report = prepare_gait(casiab_raw, tmp_path / "lenient", strict=False)
+    report = strict_then_lenient(
+        prepare_gait, casiab_raw, tmp_path, "wrong directory depth", misplaced
+    )
     assert [p.path for p in report.problems] == [str(misplaced)]
     assert report.counts["sequences written"] == 11
 
@@ -95,10 +103,10 @@ def test_oumvlp_single_view_folder_names_its_parent(oumvlp_raw, tmp_path):
 # --------------------------------------------------------------------------- partition id absent
 def test_partition_id_absent_from_raw_release(casiab_raw, tmp_path):
     partition = {"TRAIN_SET": ["001", "002", "004"], "TEST_SET": ["003"]}
-    with pytest.raises(PrepareError, match="partition id 004") as caught:
-        prepare_gait(casiab_raw, tmp_path / "strict", partition=partition)
-    assert_names_path_and_fix(caught.value, casiab_raw / "004")
-    report = prepare_gait(casiab_raw, tmp_path / "lenient", strict=False, partition=partition)
+    absent = casiab_raw / "004"
+    report = strict_then_lenient(
+        prepare_gait, casiab_raw, tmp_path, "partition id 004", absent, partition=partition
+    )
     assert [p.path for p in report.problems] == [str(casiab_raw / "004")]
     assert report.counts["train_ids"] == 2
 
@@ -118,10 +126,7 @@ def test_check_reports_partition_id_absent_from_prepared_tree(casiab_raw, tmp_pa
 def test_empty_view_folder_in_raw_release(casiab_raw, tmp_path):
     empty = casiab_raw / "001" / "nm-01" / "036"
     empty.mkdir()
-    with pytest.raises(PrepareError, match="empty view folder") as caught:
-        prepare_gait(casiab_raw, tmp_path / "strict")
-    assert_names_path_and_fix(caught.value, empty)
-    report = prepare_gait(casiab_raw, tmp_path / "lenient", strict=False)
+    report = strict_then_lenient(prepare_gait, casiab_raw, tmp_path, "empty view folder", empty)
     assert [p.path for p in report.problems] == [str(empty)]
     assert report.counts["sequences written"] == 11
 
@@ -138,12 +143,8 @@ def test_check_reports_empty_view_folder(casiab_raw, tmp_path):
 def test_corrupt_png_frame(casiab_raw, tmp_path):
     corrupt = casiab_raw / "002" / "nm-01" / "000" / "002-nm-01-000-002.png"
     corrupt.write_bytes(corrupt.read_bytes()[:40])  # truncated
-    with pytest.raises(PrepareError, match="cannot decode") as caught:
-        prepare_gait(casiab_raw, tmp_path / "strict", partition=CASIAB_PARTITION)
-    assert_names_path_and_fix(caught.value, corrupt)
+    report = strict_then_lenient(prepare_gait, casiab_raw, tmp_path, "cannot decode", corrupt)
     assert not (tmp_path / "strict" / "002" / "nm-01" / "000" / "000.pkl").exists()
-
-    report = prepare_gait(casiab_raw, tmp_path / "lenient", strict=False)
     assert [p.path for p in report.problems] == [str(corrupt)]
     assert report.counts["frames kept"] == 10 * 3 + 2  # the other two frames are kept
 
@@ -151,10 +152,9 @@ def test_corrupt_png_frame(casiab_raw, tmp_path):
 def test_corrupt_jpeg_is_not_placed(market_raw, tmp_path):
     corrupt = market_raw / "bounding_box_train" / "0007_c3s1_000101_01.jpg"
     corrupt.write_bytes(corrupt.read_bytes()[:-200])
-    with pytest.raises(PrepareError, match="cannot decode") as caught:
-        prepare_market1501(market_raw, tmp_path / "strict", **QUIET)
-    assert_names_path_and_fix(caught.value, corrupt)
-    report = prepare_market1501(market_raw, tmp_path / "lenient", strict=False, **QUIET)
+    report = strict_then_lenient(
+        prepare_market1501, market_raw, tmp_path, "cannot decode", corrupt, **QUIET
+    )
     assert [p.path for p in report.problems] == [str(corrupt)]
     assert (report.counts["train_images"], report.counts["train_ids"]) == (2, 1)
 
@@ -173,10 +173,7 @@ def test_check_reports_unreadable_pkl(casiab_raw, tmp_path):
 def test_frame_name_not_matching_its_folder(casiab_raw, tmp_path):
     stray = casiab_raw / "001" / "nm-02" / "018" / "001-nm-01-018-004.png"
     shutil.copy(casiab_raw / "001" / "nm-02" / "018" / "001-nm-02-018-001.png", stray)
-    with pytest.raises(PrepareError, match="does not match") as caught:
-        prepare_gait(casiab_raw, tmp_path / "strict")
-    assert_names_path_and_fix(caught.value, stray)
-    report = prepare_gait(casiab_raw, tmp_path / "lenient", strict=False)
+    report = strict_then_lenient(prepare_gait, casiab_raw, tmp_path, "does not match", stray)
     assert [p.path for p in report.problems] == [str(stray)]
     assert report.counts["frames read"] == 36
 
@@ -186,10 +183,10 @@ def test_reid_names_and_cameras_must_parse(market_raw, tmp_path):
     bad_camera = market_raw / "query" / "0012_c9s1_000101_00.jpg"
     for path in (bad_name, bad_camera):
         shutil.copy(market_raw / "query" / "0010_c1s1_001051_00.jpg", path)
-    with pytest.raises(PrepareError, match="camera 9 outside 1..6") as caught:
-        prepare_market1501(market_raw, tmp_path / "strict", **QUIET)  # files in sorted order
-    assert_names_path_and_fix(caught.value, bad_camera)
-    report = prepare_market1501(market_raw, tmp_path / "lenient", strict=False, **QUIET)
+    # Files are scanned in sorted order, so the strict run stops at the camera first.
+    report = strict_then_lenient(
+        prepare_market1501, market_raw, tmp_path, "camera 9 outside 1..6", bad_camera, **QUIET
+    )
     assert [p.path for p in report.problems] == [str(bad_camera), str(bad_name)]
     assert "does not match" in report.problems[1].message
     assert report.counts["query_images"] == 2
@@ -200,10 +197,9 @@ def test_msmt17_malformed_list_line_and_missing_image(msmt17_raw, tmp_path):
     with open(root / "list_train.txt", "a") as stream:
         stream.write("0002/0002_000_01_x.jpg\n")  # no pid
         stream.write("0003/0003_000_02_0303morning_0001_0.jpg 3\n")  # image absent
-    with pytest.raises(PrepareError, match="list_train.txt:3") as caught:
-        prepare_msmt17(msmt17_raw, tmp_path / "strict", **QUIET)
-    assert "Fix:" in str(caught.value)
-    report = prepare_msmt17(msmt17_raw, tmp_path / "lenient", strict=False, **QUIET)
+    report = strict_then_lenient(
+        prepare_msmt17, msmt17_raw, tmp_path, "list_train.txt:3", root / "list_train.txt", **QUIET
+    )
     assert len(report.problems) == 2 and "missing" in report.problems[1].message
     assert report.counts["train_images"] == 2
     # The loader applies the same rules to an unprepared tree.
@@ -226,11 +222,8 @@ def test_cuhksysu_loader_rejects_names_without_pid(tmp_path):
 def test_cuhk03_config_without_train_idx(cuhk03_raw, tmp_path):
     config = cuhk03_raw / "cuhk03_new_protocol_config_labeled.mat"
     write_cuhk03_config(config, drop_field="train_idx")
-    with pytest.raises(PrepareError, match="train_idx") as caught:
-        prepare_cuhk03(cuhk03_raw, tmp_path / "strict", **QUIET)
-    assert_names_path_and_fix(caught.value, config)
+    report = strict_then_lenient(prepare_cuhk03, cuhk03_raw, tmp_path, "train_idx", config, **QUIET)
     out = tmp_path / "lenient"
-    report = prepare_cuhk03(cuhk03_raw, out, strict=False, **QUIET)
     assert [p.path for p in report.problems] == [str(config)]
     assert not (out / "splits_new_labeled.json").exists()
     detected = json.loads((out / "splits_new_detected.json").read_text())
@@ -240,10 +233,9 @@ def test_cuhk03_config_without_train_idx(cuhk03_raw, tmp_path):
 def test_cuhk03_mat_without_detected_boxes(cuhk03_raw, tmp_path):
     mat = cuhk03_raw / "cuhk-03.mat"
     write_cuhk03_mat(mat, box_types=("labeled",))
-    with pytest.raises(PrepareError, match="'detected' missing") as caught:
-        prepare_cuhk03(cuhk03_raw, tmp_path / "strict", **QUIET)
-    assert_names_path_and_fix(caught.value, mat)
-    report = prepare_cuhk03(cuhk03_raw, tmp_path / "lenient", strict=False, **QUIET)
+    report = strict_then_lenient(
+        prepare_cuhk03, cuhk03_raw, tmp_path, "'detected' missing", mat, **QUIET
+    )
     assert report.counts["labeled_train_images"] == 18
     assert "detected_train_images" not in report.counts
 
@@ -258,10 +250,9 @@ def test_cuhk03_mat_that_is_not_hdf5(cuhk03_raw, tmp_path):
 def test_person_mat_without_idlocate(cuhksysu_raw, tmp_path):
     person_mat = cuhksysu_raw / "annotation" / "Person.mat"
     write_person_mat(person_mat, drop_scene_field="idlocate")
-    with pytest.raises(PrepareError, match="idlocate") as caught:
-        prepare_cuhksysu(cuhksysu_raw, tmp_path / "strict", **QUIET)
-    assert_names_path_and_fix(caught.value, person_mat)
-    report = prepare_cuhksysu(cuhksysu_raw, tmp_path / "lenient", strict=False, **QUIET)
+    report = strict_then_lenient(
+        prepare_cuhksysu, cuhksysu_raw, tmp_path, "idlocate", person_mat, **QUIET
+    )
     assert len(report.problems) == 2  # one per person
     assert report.counts["train_images"] == 0
 

@@ -19,26 +19,22 @@ import pickle
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from metareid.prepare.report import (
-    PrepareReport,
-    Problem,
-    fatal,
-    read_manifest,
-    run_parallel,
-)
+from metareid.prepare.report import PrepareReport, Problem, fatal, run_parallel
 
 __all__ = [
     "CASIAB_RELEASE_COUNTS",
     "CASIAB_TYPES",
+    "CASIAB",
     "CASIAB_VIEWS",
     "EMPTY_FRAME_SUM",
+    "GaitRelease",
     "RawSequence",
     "align_silhouette",
     "bicubic_matrix",
@@ -457,21 +453,16 @@ def check_gait_tree(
     if not root.is_dir():
         raise fatal(root, "prepared folder does not exist", "pass the --out folder of prepare")
     tree = _scan_pkl_tree(root, report)
-    wanted = set(partition["TRAIN_SET"]) | set(partition["TEST_SET"])
-    for key in ("TRAIN_SET", "TEST_SET"):
-        for subject in partition[key]:
-            if subject not in tree:
-                report.problem(
-                    root / subject,
-                    f"partition id {subject} ({key}) has no folder",
-                    "prepare the missing subject from the raw release, or pass the partition "
-                    "that matches this tree with --partition",
-                )
-    unused = sorted(set(tree) - wanted)
-    if unused:
-        report.warn(
-            f"{len(unused)} subject folder(s) not in the partition: {', '.join(unused[:10])}"
-        )
+    _report_partition_coverage(
+        root,
+        partition,
+        set(tree),
+        report,
+        absent="has no folder",
+        absent_fix="prepare the missing subject from the raw release, or pass the partition "
+        "that matches this tree with --partition",
+        unused="subject folder(s) not in the partition",
+    )
     if deep:
         tasks = [
             _PklCheck(str(pkl), OUTPUT_SIZE, frame_width)
@@ -490,34 +481,29 @@ def check_gait_tree(
             if problem is not None:
                 report.record(problem)
         report.add("pkl files read", len(tasks))
-    counts = count_gait_tree(tree, partition)
-    for key, value in counts.items():
-        report.add(key, value)
-    _compare_expected(report, root, counts, release_counts, expect)
-    return report
+    return report.finish_check(root, count_gait_tree(tree, partition), release_counts, expect)
 
 
-def _compare_expected(
+def _report_partition_coverage(
+    folder: Path,
+    partition: Mapping[str, list[str]],
+    present: set[str],
     report: PrepareReport,
-    root: Path,
-    counts: Mapping[str, int],
-    release_counts: Mapping[str, int] | None,
-    expect: str,
+    *,
+    absent: str,
+    absent_fix: str,
+    unused: str,
 ) -> None:
-    if expect == "release" and release_counts:
-        report.compare(counts, release_counts, "official release")
-    elif expect == "manifest":
-        manifest = read_manifest(root)
-        if manifest is None:
-            report.problem(
-                root,
-                "no prepare manifest to compare with",
-                "use --expect release or none, or re-run prepare into this folder",
-            )
-        else:
-            report.compare(counts, manifest.get("counts", {}), "prepare manifest")
-    elif expect not in ("release", "manifest", "none"):
-        raise ValueError(f"expect must be 'release', 'manifest' or 'none', got {expect!r}")
+    """A problem per partition id not in ``present``, one warning for ids in neither split."""
+    for key in ("TRAIN_SET", "TEST_SET"):
+        for subject in partition[key]:
+            if subject not in present:
+                report.problem(
+                    folder / subject, f"partition id {subject} ({key}) {absent}", absent_fix
+                )
+    outside = sorted(present - set(partition["TRAIN_SET"]) - set(partition["TEST_SET"]))
+    if outside:
+        report.warn(f"{len(outside)} {unused}: {', '.join(outside[:10])}")
 
 
 # --------------------------------------------------------------------------- CASIA-B
@@ -623,56 +609,19 @@ def _scan_casiab_view(
     return None
 
 
-def prepare_casiab(
-    raw: str | Path,
-    out: str | Path,
-    *,
-    partition: str | Path | Mapping[str, list[str]] | None = None,
-    workers: int = 1,
-    strict: bool = True,
-    show_progress: bool = True,
-) -> PrepareReport:
-    """Pretreat CASIA-B silhouettes into the pkl tree the gait DataModule reads.
-
-    Args:
-        raw: folder holding ``001/ … 124/`` (``<id>/<type>/<view>/*.png``).
-        out: output folder (created; finished sequences of an earlier run are kept).
-        partition: JSON path or dict; default ``CASIA-B_include_005`` (74 train / 50 test ids).
-        workers: processes.
-        strict: stop at the first problem (else skip and list it).
-        show_progress: draw progress bars.
-
-    Returns:
-        The report (also stored in ``<out>/.metareid_prepare.json``).
-    """
-    raw, out = Path(raw), Path(out)
-    report = PrepareReport("casiab", strict=strict)
-    split = resolve_partition(partition)
-    sequences = _scan_casiab_raw(raw, report)
-    require_partition_ids(raw, split, {sequence.subject for sequence in sequences}, report)
-    out.mkdir(parents=True, exist_ok=True)
-    prepare_gait_sequences(sequences, out, report, workers=workers, show_progress=show_progress)
-    finish_gait_prepare(out, report, split, CASIAB_RELEASE_COUNTS)
-    return report
-
-
 def require_partition_ids(
     raw: Path, partition: Mapping[str, list[str]], on_disk: set[str], report: PrepareReport
 ) -> None:
     """A problem per partition id without raw sequences; a warning for ids outside it."""
-    for key in ("TRAIN_SET", "TEST_SET"):
-        for subject in partition[key]:
-            if subject not in on_disk:
-                report.problem(
-                    raw / subject,
-                    f"partition id {subject} ({key}) is absent from the raw release",
-                    "extract the missing part of the archive, or pass a matching --partition",
-                )
-    unused = sorted(on_disk - set(partition["TRAIN_SET"]) - set(partition["TEST_SET"]))
-    if unused:
-        report.warn(
-            f"{len(unused)} subject(s) prepared but in neither split: {', '.join(unused[:10])}"
-        )
+    _report_partition_coverage(
+        raw,
+        partition,
+        on_disk,
+        report,
+        absent="is absent from the raw release",
+        absent_fix="extract the missing part of the archive, or pass a matching --partition",
+        unused="subject(s) prepared but in neither split",
+    )
 
 
 def finish_gait_prepare(
@@ -684,13 +633,10 @@ def finish_gait_prepare(
     """Write the partition and manifest and count the result per split."""
     _write_partition(out, partition)
     tree = _scan_pkl_tree(out, PrepareReport(report.dataset, action="check", strict=False))
-    counts = count_gait_tree(tree, partition)
-    for key, value in counts.items():
-        report.add(key, value)
+    # The release counts describe the whole dataset; a partial preparation is not compared.
     complete = all(s in tree for key in ("TRAIN_SET", "TEST_SET") for s in partition[key])
-    if complete and release_counts:
-        report.compare(counts, release_counts, "official release")
-    report.write_manifest(out, counts)
+    expected = release_counts if complete else None
+    report.finish_prepare(out, count_gait_tree(tree, partition), expected)
 
 
 def resolve_partition(
@@ -704,30 +650,104 @@ def resolve_partition(
     return load_partition(partition)
 
 
-def check_casiab(
-    root: str | Path,
-    *,
-    partition: str | Path | Mapping[str, list[str]] | None = None,
-    expect: str = "release",
-    deep: bool = True,
-    workers: int = 1,
-    show_progress: bool = True,
-) -> PrepareReport:
-    """Validate a prepared CASIA-B tree (see :func:`check_gait_tree`).
+@dataclass(frozen=True)
+class GaitRelease:
+    """What sets one gait dataset apart when it is prepared into, or checked as, a pkl tree.
 
-    The partition defaults to ``<root>/partition.json`` when present, else
-    ``CASIA-B_include_005``.
+    ``prepare`` and ``check`` are the dataset's commands (``prepare_casiab = CASIAB.prepare``).
+
+    Attributes:
+        dataset: name in reports and on the command line (``casiab``, ``oumvlp``, ``grew``).
+        scan_raw: ``(raw, report) -> [RawSequence]`` of the raw release; raises
+            :class:`~metareid.prepare.report.PrepareError` for a root at the wrong depth.
+        default_partition: the partition when none is given (and a checked tree has no
+            ``partition.json``).
+        release_counts: counts of the full official release (compared when complete).
+        align: apply the CASIA-B frame alignment; ``False`` stores frames as read.
+        frame_width: width every prepared frame must have; ``None`` accepts any.
     """
-    root = Path(root)
-    if partition is None and (root / PARTITION_NAME).is_file():
-        partition = root / PARTITION_NAME
-    return check_gait_tree(
-        root,
-        dataset="casiab",
-        partition=resolve_partition(partition),
-        release_counts=CASIAB_RELEASE_COUNTS,
-        expect=expect,
-        deep=deep,
-        workers=workers,
-        show_progress=show_progress,
-    )
+
+    dataset: str
+    scan_raw: Callable[[Path, PrepareReport], list[RawSequence]]
+    default_partition: Callable[[], dict[str, list[str]]]
+    release_counts: Mapping[str, int]
+    align: bool = True
+    frame_width: int | None = OUTPUT_SIZE
+
+    def _partition(
+        self, partition: str | Path | Mapping[str, list[str]] | None
+    ) -> dict[str, list[str]]:
+        return self.default_partition() if partition is None else resolve_partition(partition)
+
+    def prepare(
+        self,
+        raw: str | Path,
+        out: str | Path,
+        *,
+        partition: str | Path | Mapping[str, list[str]] | None = None,
+        workers: int = 1,
+        strict: bool = True,
+        show_progress: bool = True,
+    ) -> PrepareReport:
+        """Turn the raw release into the pkl tree the gait DataModule reads.
+
+        Args:
+            raw: the extracted release (layouts: see the module docstrings).
+            out: output folder (created; finished sequences of an earlier run are kept).
+            partition: JSON path or dict; default ``default_partition()``.
+            workers: processes.
+            strict: stop at the first problem (else skip and list it).
+            show_progress: draw progress bars.
+
+        Returns:
+            The report (also stored in ``<out>/.metareid_prepare.json``).
+        """
+        raw, out = Path(raw), Path(out)
+        report = PrepareReport(self.dataset, strict=strict)
+        split = self._partition(partition)
+        sequences = self.scan_raw(raw, report)
+        require_partition_ids(raw, split, {sequence.subject for sequence in sequences}, report)
+        out.mkdir(parents=True, exist_ok=True)
+        prepare_gait_sequences(
+            sequences, out, report, align=self.align, workers=workers, show_progress=show_progress
+        )
+        finish_gait_prepare(out, report, split, self.release_counts)
+        return report
+
+    def check(
+        self,
+        root: str | Path,
+        *,
+        partition: str | Path | Mapping[str, list[str]] | None = None,
+        expect: str = "release",
+        deep: bool = True,
+        workers: int = 1,
+        show_progress: bool = True,
+    ) -> PrepareReport:
+        """Validate a prepared tree (see :func:`check_gait_tree`).
+
+        The partition defaults to ``<root>/partition.json`` when present, else
+        ``default_partition()``.
+        """
+        root = Path(root)
+        if partition is None and (root / PARTITION_NAME).is_file():
+            partition = root / PARTITION_NAME
+        return check_gait_tree(
+            root,
+            dataset=self.dataset,
+            partition=self._partition(partition),
+            release_counts=self.release_counts,
+            expect=expect,
+            deep=deep,
+            frame_width=self.frame_width,
+            workers=workers,
+            show_progress=show_progress,
+        )
+
+
+CASIAB = GaitRelease("casiab", _scan_casiab_raw, casiab_default_partition, CASIAB_RELEASE_COUNTS)
+#: Pretreat CASIA-B (``<raw>/<id>/<type>/<view>/*.png``); partition default
+#: ``CASIA-B_include_005`` (74 train / 50 test ids).
+prepare_casiab = CASIAB.prepare
+#: Validate a prepared CASIA-B tree.
+check_casiab = CASIAB.check

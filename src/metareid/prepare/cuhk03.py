@@ -33,12 +33,7 @@ from PIL import Image
 
 from metareid.data.protocols import release_counts
 from metareid.data.reid_formats import cuhk03_split_file
-from metareid.prepare.market1501 import (
-    ImageRecord,
-    compare_expected,
-    count_records,
-    verify_images,
-)
+from metareid.prepare.market1501 import ImageRecord, count_records, record_paths, verify_images
 from metareid.prepare.report import PrepareReport, Problem, fatal, run_parallel
 
 __all__ = ["BOX_TYPES", "CONFIG_FIELDS", "check_cuhk03", "prepare_cuhk03"]
@@ -267,6 +262,7 @@ def prepare_cuhk03(
             "pass the extracted CUHK03 release folder",
         )
     counts: dict[str, int] = {}
+    expected: dict[str, int] = {}
     for box_type in boxes:
         config_path = _find(raw, CONFIG_NAME.format(box_type))
         if config_path is None:
@@ -303,15 +299,10 @@ def prepare_cuhk03(
         partial = split_path.with_name(f".{split_path.name}.partial")
         partial.write_text(json.dumps(split))
         os.replace(partial, split_path)
-        box_counts = _prefixed(count_records(_split_records(out, split)), box_type)
-        counts.update(box_counts)
-        report.compare(
-            box_counts, _prefixed(release_counts("cuhk03", box_type), box_type), "official release"
-        )
-    for key, value in counts.items():
-        report.add(key, value)
+        counts.update(_prefixed(count_records(_split_records(out, split)), box_type))
+        expected.update(_prefixed(release_counts("cuhk03", box_type), box_type))
     out.mkdir(parents=True, exist_ok=True)
-    report.write_manifest(out, counts)
+    report.finish_prepare(out, counts, expected)
     return report
 
 
@@ -358,11 +349,8 @@ def check_cuhk03(
                         "re-run prepare cuhk03",
                     )
         if deep:
-            paths = sorted({r.path for part_records in existing.values() for r in part_records})
+            paths = sorted(set(record_paths(existing)))
             verify_images(paths, report, workers=workers, show_progress=show_progress)
         counts.update(_prefixed(count_records(existing), box_type))
         expected.update(_prefixed(release_counts("cuhk03", box_type), box_type))
-    for key, value in counts.items():
-        report.add(key, value)
-    compare_expected(report, root, counts, expected, expect)
-    return report
+    return report.finish_check(root, counts, expected, expect)

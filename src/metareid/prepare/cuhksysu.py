@@ -24,12 +24,12 @@ import scipy.io
 from PIL import Image
 
 from metareid.data.protocols import release_counts
-from metareid.data.reid_datasets import IMAGE_SUFFIXES
 from metareid.data.reid_formats import cuhksysu_pid
 from metareid.prepare.market1501 import (
     ImageRecord,
-    compare_expected,
     count_records,
+    record_paths,
+    scan_image_folder,
     transfer_images,
     verify_images,
 )
@@ -207,26 +207,13 @@ def _cropped_folder(root: Path) -> Path | None:
     return None
 
 
+def _crop_identity(name: str) -> tuple[int, int]:
+    # Every crop counts as camera 0: the person-search release has no camera annotation.
+    return cuhksysu_pid(name), 0
+
+
 def _scan_cropped(folder: Path, report: PrepareReport) -> list[ImageRecord]:
-    records = []
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            report.problem(
-                entry, "wrong directory depth: folder inside cropped_images/", "move its images up"
-            )
-            continue
-        if entry.suffix.lower() not in IMAGE_SUFFIXES:
-            report.add("non-image files ignored")
-            continue
-        try:
-            pid = cuhksysu_pid(entry.name)
-        except ValueError as error:
-            report.problem(entry, str(error), "rename or remove the file")
-            continue
-        records.append(ImageRecord(entry, pid, 0))
-    return records
+    return scan_image_folder(folder, report, _crop_identity, f"{CROPPED}/")
 
 
 def prepare_cuhksysu(
@@ -272,12 +259,10 @@ def prepare_cuhksysu(
             fix,
         )
     final = _scan_cropped(out / CROPPED, PrepareReport("cuhksysu", "check", strict=False))
-    counts = count_records({"train": final})
-    for key, value in counts.items():
-        report.add(key, value)
-    if existing is not None:
-        report.compare(counts, release_counts("cuhksysu"), "fast-reid cropped copy")
-    report.write_manifest(out, counts)
+    # Only a copied cropped folder should match fast-reid's counts; fresh crops of Person.mat
+    # may legitimately differ.
+    expected = release_counts("cuhksysu") if existing is not None else None
+    report.finish_prepare(out, count_records({"train": final}), expected, "fast-reid cropped copy")
     return report
 
 
@@ -299,13 +284,7 @@ def check_cuhksysu(
     folder = _cropped_folder(root)
     if folder is None:
         raise fatal(root, "no cropped_images/ folder", "run `python src/prepare.py cuhksysu` first")
-    records = _scan_cropped(folder, report)
+    splits = {"train": _scan_cropped(folder, report)}
     if deep:
-        verify_images(
-            [r.path for r in records], report, workers=workers, show_progress=show_progress
-        )
-    counts = count_records({"train": records})
-    for key, value in counts.items():
-        report.add(key, value)
-    compare_expected(report, root, counts, release_counts("cuhksysu"), expect)
-    return report
+        verify_images(record_paths(splits), report, workers=workers, show_progress=show_progress)
+    return report.finish_check(root, count_records(splits), release_counts("cuhksysu"), expect)

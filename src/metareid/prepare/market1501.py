@@ -15,32 +15,28 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from PIL import Image
 
 from metareid.data.protocols import release_counts
 from metareid.data.reid_datasets import IMAGE_SUFFIXES
-from metareid.prepare.report import (
-    PrepareReport,
-    Problem,
-    fatal,
-    read_manifest,
-    run_parallel,
-)
+from metareid.prepare.report import PrepareReport, Problem, fatal, run_parallel
 
 __all__ = [
     "LINK_MODES",
     "ImageRecord",
     "check_dukemtmc",
     "check_market1501",
-    "compare_expected",
     "count_records",
     "place_file",
     "prepare_dukemtmc",
     "prepare_market1501",
+    "record_paths",
+    "scan_image_folder",
     "scan_market_folder",
     "transfer_images",
     "verify_image",
@@ -169,29 +165,45 @@ def count_records(splits: Mapping[str, Sequence[ImageRecord]]) -> dict[str, int]
     return counts
 
 
-def compare_expected(
+def record_paths(splits: Mapping[str, Sequence[ImageRecord]]) -> list[Path]:
+    """The image paths of every split, split after split."""
+    return [record.path for records in splits.values() for record in records]
+
+
+def scan_image_folder(
+    folder: Path,
     report: PrepareReport,
-    root: Path,
-    counts: Mapping[str, int],
-    expected_release: Mapping[str, int] | None,
-    expect: str,
-) -> None:
-    """Compare ``counts`` with the release (``expect="release"``) or the prepare manifest."""
-    if expect == "release":
-        if expected_release:
-            report.compare(counts, expected_release, "official release")
-    elif expect == "manifest":
-        manifest = read_manifest(root)
-        if manifest is None:
+    identify: Callable[[str], tuple[int, int]],
+    folder_role: str,
+) -> list[ImageRecord]:
+    """Records of the images directly in ``folder``, in name order.
+
+    Args:
+        folder: the folder to scan.
+        report: receives a problem per sub-folder and per bad name, a count of non-image files.
+        identify: file name → ``(pid, 0-based camid)``; raises ``ValueError`` whose message
+            says what is wrong with the name.
+        folder_role: how messages call the folder (``"a split folder"``).
+    """
+    records = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
             report.problem(
-                root,
-                "no prepare manifest to compare with",
-                "use --expect release or none, or re-run prepare into this folder",
+                entry, f"wrong directory depth: folder inside {folder_role}", "move its images up"
             )
-        else:
-            report.compare(counts, manifest.get("counts", {}), "prepare manifest")
-    elif expect != "none":
-        raise ValueError(f"expect must be 'release', 'manifest' or 'none', got {expect!r}")
+            continue
+        if entry.suffix.lower() not in IMAGE_SUFFIXES:
+            report.add("non-image files ignored")  # e.g. the Thumbs.db files in Market-1501
+            continue
+        try:
+            pid, camid = identify(entry.name)
+        except ValueError as error:
+            report.problem(entry, str(error), "rename or remove the file")
+            continue
+        records.append(ImageRecord(entry, pid, camid))
+    return records
 
 
 # --------------------------------------------------------------------------- Market-style folders
@@ -225,36 +237,22 @@ def _resolve_root(raw: Path, inner: str, folders: Sequence[str], what: str) -> P
     )
 
 
+def _market_identity(name: str, cameras: int) -> tuple[int, int]:
+    match = NAME_PATTERN.match(name)
+    if match is None:
+        raise ValueError(
+            "file name does not match '<pid>_c<camera>...' (e.g. 0002_c1s1_000451_03.jpg)"
+        )
+    camera = int(match.group(2))
+    if not 1 <= camera <= cameras:
+        raise ValueError(f"camera {camera} outside 1..{cameras}")
+    return int(match.group(1)), camera - 1
+
+
 def scan_market_folder(folder: Path, cameras: int, report: PrepareReport) -> list[ImageRecord]:
     """Parse every image name in one split folder; bad names and cameras are problems."""
-    records = []
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            report.problem(
-                entry, "wrong directory depth: folder inside a split folder", "move its images up"
-            )
-            continue
-        if entry.suffix.lower() not in IMAGE_SUFFIXES:
-            report.add("non-image files ignored")  # e.g. the Thumbs.db files in Market-1501
-            continue
-        match = NAME_PATTERN.match(entry.name)
-        if match is None:
-            report.problem(
-                entry,
-                "file name does not match '<pid>_c<camera>...' (e.g. 0002_c1s1_000451_03.jpg)",
-                "rename or remove the file",
-            )
-            continue
-        camera = int(match.group(2))
-        if not 1 <= camera <= cameras:
-            report.problem(
-                entry, f"camera {camera} outside 1..{cameras}", "rename or remove the file"
-            )
-            continue
-        records.append(ImageRecord(entry, int(match.group(1)), camera - 1))
-    return records
+    identify = partial(_market_identity, cameras=cameras)
+    return scan_image_folder(folder, report, identify, "a split folder")
 
 
 @dataclass(frozen=True)
@@ -315,11 +313,7 @@ def _prepare_market_style(
     final = _scan_splits(
         out, fmt, PrepareReport(fmt.dataset, "check", strict=False), with_distractors
     )
-    counts = count_records(final)
-    for key, value in counts.items():
-        report.add(key, value)
-    report.compare(counts, release_counts(fmt.dataset), "official release")
-    report.write_manifest(out, counts)
+    report.finish_prepare(out, count_records(final), release_counts(fmt.dataset))
     return report
 
 
@@ -337,13 +331,8 @@ def _check_market_style(
     root = _resolve_root(Path(root), fmt.inner, _folders(with_distractors), fmt.dataset)
     splits = _scan_splits(root, fmt, report, with_distractors)
     if deep:
-        paths = [r.path for records in splits.values() for r in records]
-        verify_images(paths, report, workers=workers, show_progress=show_progress)
-    counts = count_records(splits)
-    for key, value in counts.items():
-        report.add(key, value)
-    compare_expected(report, root, counts, release_counts(fmt.dataset), expect)
-    return report
+        verify_images(record_paths(splits), report, workers=workers, show_progress=show_progress)
+    return report.finish_check(root, count_records(splits), release_counts(fmt.dataset), expect)
 
 
 def prepare_market1501(

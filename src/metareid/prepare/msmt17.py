@@ -20,8 +20,8 @@ from metareid.data.protocols import release_counts
 from metareid.data.reid_formats import MSMT17_IMAGE_FOLDERS, parse_msmt17_line
 from metareid.prepare.market1501 import (
     ImageRecord,
-    compare_expected,
     count_records,
+    record_paths,
     transfer_images,
     verify_images,
 )
@@ -147,11 +147,7 @@ def prepare_msmt17(
         kept = [e for e in split_entries if targets[e.source].is_file()]
         _write_list(out / LISTS[split][0], [f"{e.relative} {e.pid}" for e in kept])
         written[split] = [ImageRecord(targets[e.source], e.pid, e.camid) for e in kept]
-    counts = count_records(written)
-    for key, value in counts.items():
-        report.add(key, value)
-    report.compare(counts, release_counts("msmt17"), "official release")
-    report.write_manifest(out, counts)
+    report.finish_prepare(out, count_records(written), release_counts("msmt17"))
     return report
 
 
@@ -176,10 +172,5 @@ def check_msmt17(
     entries = {split: _read_list(root, folders, split, report) for split in LISTS}
     records = _records(entries)
     if deep:
-        paths = [r.path for split_records in records.values() for r in split_records]
-        verify_images(paths, report, workers=workers, show_progress=show_progress)
-    counts = count_records(records)
-    for key, value in counts.items():
-        report.add(key, value)
-    compare_expected(report, root, counts, release_counts("msmt17"), expect)
-    return report
+        verify_images(record_paths(records), report, workers=workers, show_progress=show_progress)
+    return report.finish_check(root, count_records(records), release_counts("msmt17"), expect)

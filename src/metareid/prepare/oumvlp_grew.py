@@ -19,22 +19,15 @@ as read, without the CASIA-B alignment. Partition: ``00001train … 20000train``
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from pathlib import Path
 
-from metareid.prepare.casiab import (
-    RawSequence,
-    check_gait_tree,
-    finish_gait_prepare,
-    list_entries,
-    prepare_gait_sequences,
-    require_partition_ids,
-    resolve_partition,
-)
+from metareid.prepare.casiab import GaitRelease, RawSequence, list_entries
 from metareid.prepare.report import PrepareReport, fatal
 
 __all__ = [
+    "GREW",
     "GREW_RELEASE_COUNTS",
+    "OUMVLP",
     "OUMVLP_RELEASE_COUNTS",
     "OUMVLP_VIEWS",
     "check_grew",
@@ -138,43 +131,12 @@ def _scan_oumvlp_raw(raw: Path, report: PrepareReport) -> list[RawSequence]:
     return sequences
 
 
-def prepare_oumvlp(
-    raw: str | Path,
-    out: str | Path,
-    *,
-    partition: str | Path | Mapping[str, list[str]] | None = None,
-    workers: int = 1,
-    strict: bool = True,
-    show_progress: bool = True,
-) -> PrepareReport:
-    """Rearrange and pretreat OU-MVLP (same frame alignment as CASIA-B).
-
-    Args:
-        raw: folder holding the ``Silhouette_<view>-<seq>/`` folders.
-        out: output pkl tree (resumable).
-        partition: JSON path or dict; default :func:`oumvlp_partition`.
-        workers, strict, show_progress: as for ``prepare_casiab``.
-    """
-    raw, out = Path(raw), Path(out)
-    report = PrepareReport("oumvlp", strict=strict)
-    split = oumvlp_partition() if partition is None else resolve_partition(partition)
-    sequences = _scan_oumvlp_raw(raw, report)
-    require_partition_ids(raw, split, {s.subject for s in sequences}, report)
-    out.mkdir(parents=True, exist_ok=True)
-    prepare_gait_sequences(sequences, out, report, workers=workers, show_progress=show_progress)
-    finish_gait_prepare(out, report, split, OUMVLP_RELEASE_COUNTS)
-    return report
-
-
-def check_oumvlp(root: str | Path, *, partition=None, **kwargs) -> PrepareReport:
-    """Validate a prepared OU-MVLP tree; ``kwargs`` as for ``check_gait_tree``."""
-    return check_gait_tree(
-        root,
-        dataset="oumvlp",
-        partition=_tree_partition(Path(root), partition, oumvlp_partition),
-        release_counts=OUMVLP_RELEASE_COUNTS,
-        **kwargs,
-    )
+OUMVLP = GaitRelease("oumvlp", _scan_oumvlp_raw, oumvlp_partition, OUMVLP_RELEASE_COUNTS)
+#: Rearrange and pretreat OU-MVLP (same frame alignment as CASIA-B); partition default
+#: :func:`oumvlp_partition`.
+prepare_oumvlp = OUMVLP.prepare
+#: Validate a prepared OU-MVLP tree.
+check_oumvlp = OUMVLP.check
 
 
 # --------------------------------------------------------------------------- GREW
@@ -230,53 +192,12 @@ def _subject_sequences(subject: Path, report: PrepareReport) -> list[Path]:
     return sequences
 
 
-def prepare_grew(
-    raw: str | Path,
-    out: str | Path,
-    *,
-    partition: str | Path | Mapping[str, list[str]] | None = None,
-    workers: int = 1,
-    strict: bool = True,
-    show_progress: bool = True,
-) -> PrepareReport:
-    """Rearrange GREW into the pkl tree (frames stored as released, no alignment).
-
-    Args:
-        raw: folder holding ``train/`` and ``test/{gallery,probe}/``.
-        out: output pkl tree (resumable).
-        partition: JSON path or dict; default :func:`grew_partition`.
-        workers, strict, show_progress: as for ``prepare_casiab``.
-    """
-    raw, out = Path(raw), Path(out)
-    report = PrepareReport("grew", strict=strict)
-    split = grew_partition() if partition is None else resolve_partition(partition)
-    sequences = _scan_grew_raw(raw, report)
-    require_partition_ids(raw, split, {s.subject for s in sequences}, report)
-    out.mkdir(parents=True, exist_ok=True)
-    prepare_gait_sequences(
-        sequences, out, report, align=False, workers=workers, show_progress=show_progress
-    )
-    finish_gait_prepare(out, report, split, GREW_RELEASE_COUNTS)
-    return report
-
-
-def check_grew(root: str | Path, *, partition=None, **kwargs) -> PrepareReport:
-    """Validate a prepared GREW tree (frame width not checked); ``kwargs`` as for
-    ``check_gait_tree``."""
-    return check_gait_tree(
-        root,
-        dataset="grew",
-        partition=_tree_partition(Path(root), partition, grew_partition),
-        release_counts=GREW_RELEASE_COUNTS,
-        frame_width=None,
-        **kwargs,
-    )
-
-
-# --------------------------------------------------------------------------- shared
-def _tree_partition(root: Path, partition, default) -> dict[str, list[str]]:
-    if partition is not None:
-        return resolve_partition(partition)
-    if (root / "partition.json").is_file():
-        return resolve_partition(root / "partition.json")
-    return default()
+# GREW frames are already normalised: stored as read, so their width is not fixed either.
+GREW = GaitRelease(
+    "grew", _scan_grew_raw, grew_partition, GREW_RELEASE_COUNTS, align=False, frame_width=None
+)
+#: Rearrange GREW into the pkl tree (frames stored as released); partition default
+#: :func:`grew_partition`.
+prepare_grew = GREW.prepare
+#: Validate a prepared GREW tree (frame width not checked).
+check_grew = GREW.check

@@ -123,6 +123,10 @@ class PrepareReport:
     def add(self, key: str, amount: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + amount
 
+    def add_counts(self, counts: Mapping[str, int]) -> None:
+        for key, value in counts.items():
+            self.add(key, value)
+
     def drop(self, key: str, amount: int = 1) -> None:
         if amount:
             self.dropped[key] = self.dropped.get(key, 0) + amount
@@ -144,6 +148,49 @@ class PrepareReport:
         for name, value in expected.items():
             if name in found:
                 self.comparisons.append(Comparison(name, int(found[name]), int(value), source))
+
+    # ------------------------------------------------------------------ conclusions
+    def finish_prepare(
+        self,
+        out: Path,
+        counts: Mapping[str, int],
+        expected: Mapping[str, int] | None,
+        source: str = "official release",
+    ) -> None:
+        """End a prepare run: record the final ``counts``, compare them with ``expected``
+        (skipped when ``None`` or empty) and write the manifest into ``out``."""
+        self.add_counts(counts)
+        if expected:
+            self.compare(counts, expected, source)
+        self.write_manifest(out, counts)
+
+    def finish_check(
+        self,
+        root: Path,
+        counts: Mapping[str, int],
+        release_counts: Mapping[str, int] | None,
+        expect: str,
+    ) -> PrepareReport:
+        """End a check run: record ``counts`` and compare them with the release
+        (``expect="release"``), the prepare manifest in ``root`` (``"manifest"``) or nothing
+        (``"none"``); returns this report."""
+        self.add_counts(counts)
+        if expect == "release":
+            if release_counts:
+                self.compare(counts, release_counts, "official release")
+        elif expect == "manifest":
+            manifest = read_manifest(root)
+            if manifest is None:
+                self.problem(
+                    root,
+                    "no prepare manifest to compare with",
+                    "use --expect release or none, or re-run prepare into this folder",
+                )
+            else:
+                self.compare(counts, manifest.get("counts", {}), "prepare manifest")
+        elif expect != "none":
+            raise ValueError(f"expect must be 'release', 'manifest' or 'none', got {expect!r}")
+        return self
 
     # ------------------------------------------------------------------ summary
     @property
