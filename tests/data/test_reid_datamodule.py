@@ -144,3 +144,23 @@ def test_trainer_runs_and_resume_continues_every_stream(synthetic_root, tmp_path
     first_half = fit(make_datamodule(synthetic_root), steps=2, save_to=tmp_path / "half.ckpt")
     second_half = fit(make_datamodule(synthetic_root), steps=4, ckpt_path=tmp_path / "half.ckpt")
     assert first_half + second_half == uninterrupted
+
+
+def test_combineall_adds_query_and_gallery_as_new_identities(synthetic_root):
+    from metareid.data.reid_datamodule import combine_all
+    from metareid.data.reid_datasets import load_reid_dataset
+
+    dataset = load_reid_dataset("synthetic", synthetic_root / "synA")
+    combined = combine_all(dataset)
+    train_pids = {item.pid for item in dataset.train}
+    test_pids = {item.pid for item in [*dataset.query, *dataset.gallery]}
+    new_pids = {item.pid for item in combined[len(dataset.train) :]}
+    assert len(combined) == len(dataset.train) + len(dataset.query) + len(dataset.gallery)
+    assert len(new_pids) == len(test_pids) and not new_pids & train_pids
+    assert min(new_pids) == max(train_pids) + 1
+
+    datamodule = make_datamodule(
+        synthetic_root,
+        sources=[{"name": "synthetic", "root": str(synthetic_root / "synA"), "combineall": True}],
+    )
+    assert datamodule.num_classes_per_domain == [len(train_pids) + len(test_pids)]

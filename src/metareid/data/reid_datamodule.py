@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytorch_lightning as pl
@@ -24,7 +25,7 @@ import torch
 from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
-from metareid.data.reid_datasets import ReIDDataset, load_reid_dataset
+from metareid.data.reid_datasets import ReIDDataset, ReIDImage, load_reid_dataset
 from metareid.data.reid_multisource import MultiSourceTrainSet, ReIDTestSet, SingleDomainView
 from metareid.data.samplers import IdentityBatchSampler, InferenceBatchSampler
 
@@ -33,10 +34,26 @@ __all__ = ["ReIDDataModule"]
 log = logging.getLogger(__name__)
 
 
+def combine_all(dataset: ReIDDataset) -> list[ReIDImage]:
+    """Training images plus the test split's query and gallery as extra identities.
+
+    fast-reid's ``COMBINEALL`` (the "full dataset" protocol): test identities are new classes
+    (``<Name>_test_<pid>`` there), so their pids are shifted past the training ones; a pid shared
+    by query and gallery stays one identity.
+    """
+    offset = max((item.pid for item in dataset.train), default=-1) + 1
+    test_items = [*dataset.query, *dataset.gallery]
+    shift = offset - min((item.pid for item in test_items), default=0)
+    return [*dataset.train, *(replace(item, pid=item.pid + shift) for item in test_items)]
+
+
 def _dataset_from_entry(
     entry: Mapping[str, Any], role: str, position: int, strict: bool
 ) -> ReIDDataset:
     options = dict(entry)
+    combine = bool(options.pop("combineall", False))
+    if combine and role != "sources":
+        raise ValueError(f"data.{role}[{position}].combineall: only sources can combine splits")
     missing = [key for key in ("name", "root") if key not in options]
     if missing:
         raise ValueError(
@@ -48,7 +65,10 @@ def _dataset_from_entry(
     if "domain_name" in options:
         options["name"] = options.pop("domain_name")
     options.setdefault("strict", strict)
-    return load_reid_dataset(name, root, **options)
+    dataset = load_reid_dataset(name, root, **options)
+    if combine:
+        dataset.train = combine_all(dataset)
+    return dataset
 
 
 class ReIDDataModule(pl.LightningDataModule):
@@ -57,7 +77,8 @@ class ReIDDataModule(pl.LightningDataModule):
     Args:
         sources: source domains, in domain-id order; each a mapping ``{name, root, ...}`` where
             ``name`` picks the dataset class (:func:`load_reid_dataset`), ``domain_name``
-            optionally renames the domain, and other keys go to the class (``strict``,
+            optionally renames the domain, ``combineall: true`` adds its query and gallery as
+            extra training identities, and other keys go to the class (``strict``,
             ``domain`` ...).
         targets: target (evaluation) domains in the same form.
         image_size: model input ``(height, width)``; images are resized in the workers.
