@@ -55,3 +55,22 @@ def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> 
             cfg.paths.output_dir = str(output_dir)
             cfg.paths.log_dir = str(output_dir / "logs")
     return cfg
+
+
+# A DR50 run small enough for seconds: 8 ids per synthetic domain, 1/8 width, batches of 8.
+TINY_REID = [
+    "experiment=demo_dr50",
+    "data.synthetic.ids_per_domain=8",
+    "data.synthetic.cameras=2",
+    "data.synthetic.images_per_id_per_camera=2",
+    "++data.synthetic.distractors_per_domain=2",
+    "++data.synthetic.junk_per_domain=1",
+    "data.batch_size=8",
+    "data.domain_batch_size=4",
+    "data.test_batch_size=64",
+    "model.net.backbone.width_mult=0.125",
+    "model.net.head.in_channels=256",
+    "model.scheduler.max_epochs=2",
+    "model.scheduler.warmup_epochs=1",
+    "trainer.enable_progress_bar=false",
+]

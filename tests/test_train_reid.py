@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hydra_helpers import TINY_CALLBACKS
+from hydra_helpers import TINY_CALLBACKS, TINY_REID
 from metareid.tasks.reid import ReIDModule
 from metareid.utils.instantiate import build_run
 from train import train
@@ -21,25 +21,12 @@ def synthetic_reid_root(tmp_path_factory) -> Path:
 @pytest.fixture
 def reid_overrides(synthetic_reid_root: Path) -> list[str]:
     return [
-        "experiment=demo_dr50",
+        *TINY_REID,
         f"data.synthetic.root={synthetic_reid_root}",
-        "data.synthetic.ids_per_domain=8",
-        "data.synthetic.cameras=2",
-        "data.synthetic.images_per_id_per_camera=2",
-        "++data.synthetic.distractors_per_domain=2",
-        "++data.synthetic.junk_per_domain=1",
-        "data.batch_size=8",
-        "data.domain_batch_size=4",
-        "data.test_batch_size=64",
-        "model.net.backbone.width_mult=0.125",
-        "model.net.head.in_channels=256",
         "model.initial_basic_steps=2",
-        "model.scheduler.max_epochs=2",
-        "model.scheduler.warmup_epochs=1",
         "trainer.max_epochs=2",
         "trainer.check_val_every_n_epoch=1",
         "trainer.log_every_n_steps=1",
-        "trainer.enable_progress_bar=false",
     ]
 
 

@@ -13,7 +13,7 @@ from matplotlib.colors import to_rgba
 from PIL import Image
 
 from eval import evaluate
-from hydra_helpers import TINY_CALLBACKS, TINY_GAIT, compose_config
+from hydra_helpers import TINY_CALLBACKS, TINY_GAIT, TINY_REID, compose_config
 from metareid.reporting import (
     gait_markdown,
     markdown_table,
@@ -356,19 +356,9 @@ def test_report_can_be_switched_off(synthetic_gait_root, tmp_path):
 
 def test_train_and_eval_write_the_reid_report(tmp_path):
     overrides = [
-        "experiment=demo_dr50",
+        *TINY_REID,
         f"data.synthetic.root={tmp_path / 'synthetic_reid'}",
-        "data.synthetic.ids_per_domain=8",
-        "data.synthetic.cameras=2",
-        "data.synthetic.images_per_id_per_camera=2",
-        "++data.synthetic.distractors_per_domain=2",
-        "++data.synthetic.junk_per_domain=1",
-        "data.batch_size=8",
-        "data.domain_batch_size=4",
-        "data.test_batch_size=64",
         "model.initial_basic_steps=2",
-        "model.scheduler.max_epochs=2",
-        "model.scheduler.warmup_epochs=1",
         "trainer.max_epochs=1",
         "+trainer.limit_val_batches=0",
         "trainer.enable_progress_bar=false",

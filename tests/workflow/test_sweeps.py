@@ -19,7 +19,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from hydra_helpers import CONF, REPO, TINY_GAIT, compose_config
+from hydra_helpers import CONF, REPO, TINY_GAIT, TINY_REID, compose_config
 from train import train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -36,19 +36,11 @@ GROUP_PARAMETERS = {"experiment", "logger"}
 
 # The real recipes need prepared datasets; the sweeps' runs use the synthetic demos instead.
 DEMO_OF = {"metagait_casiab": "demo_metagait", "dr50_mix": "demo_dr50"}
-TINY_REID = [
-    "data.synthetic.ids_per_domain=6",
-    "data.synthetic.cameras=2",
-    "data.synthetic.images_per_id_per_camera=2",
-    "data.batch_size=8",
-    "data.domain_batch_size=4",
-    "data.test_batch_size=64",
+SWEEP_REID = [
+    *(o for o in TINY_REID if not o.startswith("experiment=")),
     "model.initial_basic_steps=1",
-    "model.scheduler.max_epochs=2",
-    "model.scheduler.warmup_epochs=1",
     # Iteration 0 (basic + meta step) and one more basic step: global_step counts both optimisers.
     "trainer.max_steps=3",
-    "trainer.enable_progress_bar=false",
 ]
 
 
@@ -157,7 +149,7 @@ def on_the_demo(overrides: list[str], gait_root: Path, reid_root: Path) -> list[
         key, _, value = override.partition("=")
         demo.append(f"{key}={DEMO_OF.get(value, value)}" if key == "experiment" else override)
     if "experiment=demo_dr50" in demo:
-        tiny = [*TINY_REID, f"data.synthetic.root={reid_root}"]
+        tiny = [*SWEEP_REID, f"data.synthetic.root={reid_root}"]
     else:
         tiny = [*TINY_GAIT, f"data.root={gait_root}"]
     return [*demo, *tiny, "callbacks=none", "trainer.log_every_n_steps=1"]

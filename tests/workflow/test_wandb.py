@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hydra_helpers import TINY_CALLBACKS, TINY_GAIT
+from hydra_helpers import TINY_CALLBACKS, TINY_GAIT, TINY_REID
 from metareid.callbacks.wandb_media import (
     MATCH_COLOUR,
     MISMATCH_COLOUR,
@@ -252,20 +252,11 @@ def test_reid_run_logs_retrieval_table_cmc_and_rank_lists(
     cfg = make_config(
         "train",
         [
-            "experiment=demo_dr50",
+            *TINY_REID,
             f"data.synthetic.root={synthetic_reid_root}",
-            "data.synthetic.ids_per_domain=6",
-            "data.synthetic.cameras=2",
-            "data.synthetic.images_per_id_per_camera=2",
-            "data.batch_size=8",
-            "data.domain_batch_size=4",
-            "data.test_batch_size=64",
             "model.initial_basic_steps=1",
-            "model.scheduler.max_epochs=2",
-            "model.scheduler.warmup_epochs=1",
             "trainer.max_steps=3",
             "trainer.log_every_n_steps=1",
-            "trainer.enable_progress_bar=false",
             "callbacks=none",
             "logger=wandb",
             "callbacks.wandb_media.every_n_steps=1000",
