@@ -198,3 +198,40 @@ def test_command_line_for_a_reid_dataset(cuhk03_raw, tmp_path, capsys):
     with pytest.raises(SystemExit):  # a gait option on a ReID dataset is refused, not ignored
         main(["cuhk03", "--raw", str(cuhk03_raw), "--out", str(out), "--partition", "p.json"])
     assert "--partition does not apply to cuhk03" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- released protocol
+def test_prepared_releases_feed_the_released_dr50_mix_datamodule(
+    cuhksysu_raw, market_raw, msmt17_raw, cuhk03_raw, tmp_path
+):
+    """prepare -> the `experiment=dr50_mix` DataModule (CS + M + MS -> C3) yields batches."""
+    import hydra
+
+    from hydra_helpers import compose_config
+
+    prepare_cuhksysu(cuhksysu_raw, tmp_path / "cuhk_sysu", **QUIET)
+    prepare_market1501(market_raw.parent, tmp_path / "market1501", **QUIET)
+    prepare_msmt17(msmt17_raw, tmp_path / "msmt17", **QUIET)
+    prepare_cuhk03(cuhk03_raw, tmp_path / "cuhk03", **QUIET)
+    cfg = compose_config(
+        "train",
+        [
+            "experiment=dr50_mix",
+            f"paths.data_dir={tmp_path}",
+            "data.image_size=[32,16]",
+            "data.batch_size=4",
+            "data.domain_batch_size=4",
+            "data.num_workers=0",
+        ],
+        tmp_path / "run",
+    )
+    datamodule = hydra.utils.instantiate(cfg.data, seed=0)
+    datamodule.setup("fit")
+    assert datamodule.source_names == ["cuhksysu", "market1501", "msmt17"]
+    assert datamodule.target_names == ["cuhk03"]
+    batch, _, _ = next(iter(datamodule.train_dataloader()))
+    assert batch["merged"]["image"].shape == (4, 3, 32, 16)
+    for domain in range(3):
+        assert set(batch[f"domain_{domain}"]["domain_id"].tolist()) == {domain}
+    test_batch = next(iter(datamodule.test_dataloader()[0]))
+    assert test_batch["is_query"].any()
