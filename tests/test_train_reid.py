@@ -56,7 +56,10 @@ def test_train_resume_restores_both_optimizers_and_evaluates(make_config, reid_o
     datamodule, model, trainer = build_run(resumed_cfg)
     restored = {}
 
+    start_training = model.on_train_start
+
     def capture(*_):
+        start_training()
         optimizers = model.optimizers()
         restored["meta_lr"] = optimizers[1].param_groups[0]["lr"]
         restored["schedulers"] = [s.last_epoch for s in model.lr_schedulers()]

@@ -1,4 +1,5 @@
 from collections import Counter
+from itertools import islice
 
 import pytest
 import pytorch_lightning as pl
@@ -42,13 +43,12 @@ def test_training_batches_are_pk_per_loader(synthetic_root):
     datamodule.setup("fit")
     assert datamodule.num_classes_per_domain == [5, 5, 5]
     assert datamodule.source_names == ["synA", "synB", "synC"]
-    batch, _, _ = next(iter(datamodule.train_dataloader()))
-    assert sorted(batch) == ["domain_0", "domain_1", "domain_2", "merged"]
-    merged = batch["merged"]
+    merged = next(iter(datamodule.train_dataloader()))
+    assert len(datamodule.train_dataloader()) == datamodule.iters_per_epoch == 60 // 8  # 3×5 ids×4
     assert merged["image"].shape == (8, 3, *SIZE) and merged["image"].dtype == torch.uint8
     assert set(Counter(merged["label"].tolist()).values()) == {2}  # 4 ids x K=2
-    for domain_id in range(3):
-        single = batch[f"domain_{domain_id}"]
+    for domain_id, loader in enumerate(datamodule.domain_dataloaders()):
+        single = next(iter(loader))
         assert single["image"].shape == (4, 3, *SIZE)
         assert set(single["domain_id"].tolist()) == {domain_id}
         labels = single["label"]
@@ -112,8 +112,8 @@ class RecordingModule(pl.LightningModule):
         self.seen = []
 
     def training_step(self, batch, batch_idx):
-        self.seen.append({key: part["label"].tolist() for key, part in batch.items()})
-        return self.weight**2 + batch["merged"]["image"].float().mean() * 0
+        self.seen.append(batch["label"].tolist())
+        return self.weight**2 + batch["image"].float().mean() * 0
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -140,10 +140,21 @@ def fit(datamodule, steps, ckpt_path=None, save_to=None):
 def test_trainer_runs_and_resume_continues_every_stream(synthetic_root, tmp_path):
     uninterrupted = fit(make_datamodule(synthetic_root), steps=4)
     assert len(uninterrupted) == 4
-    assert uninterrupted[0]["merged"] != uninterrupted[1]["merged"]
+    assert uninterrupted[0] != uninterrupted[1]
     first_half = fit(make_datamodule(synthetic_root), steps=2, save_to=tmp_path / "half.ckpt")
     second_half = fit(make_datamodule(synthetic_root), steps=4, ckpt_path=tmp_path / "half.ckpt")
     assert first_half + second_half == uninterrupted
+
+
+def test_domain_streams_resume_from_the_meta_steps_taken(synthetic_root):
+    datamodule = make_datamodule(synthetic_root)
+    labels = [
+        [batch["label"].tolist() for batch in islice(loader, 3)]
+        for loader in datamodule.domain_dataloaders()
+    ]
+    resumed = [next(iter(loader))["label"].tolist() for loader in datamodule.domain_dataloaders(2)]
+    assert resumed == [stream[2] for stream in labels]
+    assert labels[0][0] != labels[1][0]  # independent seeds per domain
 
 
 def test_combineall_adds_query_and_gallery_as_new_identities(synthetic_root):

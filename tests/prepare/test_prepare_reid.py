@@ -229,9 +229,8 @@ def test_prepared_releases_feed_the_released_dr50_mix_datamodule(
     datamodule.setup("fit")
     assert datamodule.source_names == ["cuhksysu", "market1501", "msmt17"]
     assert datamodule.target_names == ["cuhk03"]
-    batch, _, _ = next(iter(datamodule.train_dataloader()))
-    assert batch["merged"]["image"].shape == (4, 3, 32, 16)
-    for domain in range(3):
-        assert set(batch[f"domain_{domain}"]["domain_id"].tolist()) == {domain}
+    assert next(iter(datamodule.train_dataloader()))["image"].shape == (4, 3, 32, 16)
+    for domain, loader in enumerate(datamodule.domain_dataloaders()):
+        assert set(next(iter(loader))["domain_id"].tolist()) == {domain}
     test_batch = next(iter(datamodule.test_dataloader()[0]))
     assert test_batch["is_query"].any()

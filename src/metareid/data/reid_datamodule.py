@@ -1,14 +1,14 @@
 """LightningDataModule for multi-source domain-generalisable ReID (DR50 recipe, dr50.md §1.3, §4.2).
 
-Training yields, per step, one dict of batches from a :class:`CombinedLoader`::
+``train_dataloader`` gives the merged P×K batches over all sources (64 = 32 ids × 2), one ACL
+epoch (``iters_per_epoch`` batches) per pass. ``domain_dataloaders`` gives one endless P×K loader
+per source (32 = 16 ids × 2) that the meta step draws from only when it runs (every third
+iteration), so single-domain images are not decoded for iterations that do not use them.
 
-    {"merged": P×K batch over all sources (64 = 32 ids × 2),
-     "domain_0": P×K batch of source 0 only (32 = 16 ids × 2), ..., "domain_{D-1}": ...}
-
-Every loader is infinite; drive training with ``max_steps``. Each loader has its own
-:class:`~metareid.data.samplers.IdentityBatchSampler` seeded with ``seed + loader position``, so
-the streams are independent, identical on every rank before sharding, and a resumed run
-continues them from the number of completed training steps.
+Each loader has its own :class:`~metareid.data.samplers.IdentityBatchSampler` seeded with
+``seed + loader position``, so the streams are independent, identical on every rank before
+sharding, and a resumed run continues them (the merged one from the completed training steps, the
+domain ones from the number of meta steps taken, which the caller passes).
 
 Evaluation gives one loader per target domain over its query followed by its gallery.
 """
@@ -22,7 +22,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
 from metareid.data.reid_datasets import ReIDDataset, ReIDImage, load_reid_dataset
@@ -222,9 +221,9 @@ class ReIDDataModule(pl.LightningDataModule):
         return self.trainer.global_rank, self.trainer.world_size
 
     def _completed_steps(self) -> int:
-        # Every training step draws one batch from every loader, so the number of completed
-        # steps is where each sampler resumes. global_step would over-count: with manual
-        # optimisation it counts each optimiser's steps.
+        # Every training step draws one merged batch, so the number of completed steps is where
+        # its sampler resumes. global_step would over-count: with manual optimisation it counts
+        # each optimiser's steps.
         if self.trainer is None:
             return 0
         return self.trainer.fit_loop.epoch_loop.batch_progress.total.completed
@@ -234,7 +233,14 @@ class ReIDDataModule(pl.LightningDataModule):
         """ACL's epoch: ``len(merged sources) // batch_size`` iterations (1,214 for the mix)."""
         return max(1, len(self._build_train_set()) // self.batch_size)
 
-    def _identity_loader(self, dataset: Dataset, batch_size: int, seed: int) -> DataLoader:
+    def _identity_loader(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        seed: int,
+        start_batch: int,
+        batches_per_epoch: int | None,
+    ) -> DataLoader:
         rank, world = self._rank_world()
         sampler = IdentityBatchSampler(
             dataset.labels,
@@ -243,9 +249,8 @@ class ReIDDataModule(pl.LightningDataModule):
             seed=seed,
             rank=rank,
             world_size=world,
-            start_batch=self._completed_steps(),
-            # Every loader yields one ACL epoch per iter(), so Lightning's epochs are ACL's.
-            batches_per_epoch=self.iters_per_epoch,
+            start_batch=start_batch,
+            batches_per_epoch=batches_per_epoch,
         )
         return DataLoader(
             dataset,
@@ -255,16 +260,32 @@ class ReIDDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def train_dataloader(self) -> CombinedLoader:
-        train_set = self._build_train_set()
-        loaders = {"merged": self._identity_loader(train_set, self.batch_size, self.seed)}
-        for domain_id, view in enumerate(self.domain_sets):
-            loaders[f"domain_{domain_id}"] = self._identity_loader(
-                view, self.domain_batch_size, self.seed + 1 + domain_id
+    def train_dataloader(self) -> DataLoader:
+        """Merged P×K batches; one ACL epoch per pass, so Lightning's epochs are ACL's."""
+        return self._identity_loader(
+            self._build_train_set(),
+            self.batch_size,
+            self.seed,
+            start_batch=self._completed_steps(),
+            batches_per_epoch=self.iters_per_epoch,
+        )
+
+    def domain_dataloaders(self, start_batch: int = 0) -> list[DataLoader]:
+        """One endless P×K loader per source domain (domain-id order) for the meta step.
+
+        ``start_batch``: batches of each stream already consumed (meta steps taken) on resume.
+        """
+        self._build_train_set()
+        return [
+            self._identity_loader(
+                view,
+                self.domain_batch_size,
+                self.seed + 1 + domain_id,
+                start_batch=start_batch,
+                batches_per_epoch=None,
             )
-        # All loaders are infinite, so no mode ever stops them; "max_size_cycle" is the one
-        # Lightning accepts for unsized iterables without asking for their lengths.
-        return CombinedLoader(loaders, mode="max_size_cycle")
+            for domain_id, view in enumerate(self.domain_sets)
+        ]
 
     def _evaluation_loaders(self) -> list[DataLoader]:
         rank, world = self._rank_world()

@@ -121,6 +121,7 @@ class ReIDModule(pl.LightningModule):
         self.target_names: list[str] = []
         self.last_results: dict[str, dict[str, Any]] = {}
         self.last_eval_features: dict[str, dict[str, Tensor]] = {}
+        self._domain_iterators: list = []
 
     # ------------------------------------------------------------------ set-up
     def setup(self, stage: str) -> None:
@@ -134,9 +135,8 @@ class ReIDModule(pl.LightningModule):
 
     def precise_bn_forward(self, batch: Mapping[str, Any]) -> None:
         """Training-mode forward of a merged batch for the PreciseBN callback (BN ``general``)."""
-        merged = batch["merged"] if "merged" in batch else batch
         with bn_mode(self.net, "general"):
-            self.net(merged["image"].float())
+            self.net(batch["image"].float())
 
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]
@@ -200,21 +200,46 @@ class ReIDModule(pl.LightningModule):
         seed = int(getattr(self.trainer.datamodule, "seed", 0))
         return int(np.random.default_rng([seed, iteration]).integers(num_domains))
 
-    def _meta_step(self, batch: Mapping[str, Any], iteration: int) -> dict[str, Tensor]:
-        meta_optimizer = self.optimizers()[1]
-        domain_keys = sorted(k for k in batch if k.startswith("domain_"))
-        if len(domain_keys) < 2:
-            raise ValueError(
-                "The meta step needs at least two source domains; got "
-                f"{len(domain_keys)}. Set model.meta_interval=0 for single-source training."
+    # ------------------------------------------------------------- meta batches
+    def _meta_steps_taken(self) -> int:
+        """Meta steps before the current training step (where the domain streams resume)."""
+        if self.meta_interval <= 0:
+            return 0
+        completed = self.trainer.fit_loop.epoch_loop.batch_progress.total.completed
+        iterations = max(0, completed - (self.initial_basic_steps - 1))
+        return -(-iterations // self.meta_interval)
+
+    def on_train_start(self) -> None:
+        self._domain_iterators = []
+        if self.meta_interval > 0:
+            loaders = self.trainer.datamodule.domain_dataloaders(
+                start_batch=self._meta_steps_taken()
             )
-        held_out = self._meta_test_domain(iteration, len(domain_keys))
-        train_keys = [k for i, k in enumerate(domain_keys) if i != held_out]
+            if len(loaders) < 2:
+                raise ValueError(
+                    f"The meta step needs at least two source domains; data.sources has "
+                    f"{len(loaders)}. Set model.meta_interval=0 for single-source training."
+                )
+            self._domain_iterators = [iter(loader) for loader in loaders]
+
+    def on_train_end(self) -> None:
+        self._domain_iterators = []  # releases the loaders' worker processes
+
+    def _domain_batch(self, domain_id: int) -> dict[str, Tensor]:
+        batch = next(self._domain_iterators[domain_id])
+        return self.transfer_batch_to_device(batch, self.device, 0)
+
+    def _meta_step(self, iteration: int) -> dict[str, Tensor]:
+        meta_optimizer = self.optimizers()[1]
+        num_domains = len(self._domain_iterators)
+        held_out = self._meta_test_domain(iteration, num_domains)
+        # Every stream advances once per meta step, used or not, so resumes stay aligned.
+        batches = [self._domain_batch(d) for d in range(num_domains)]
+        meta_test = batches.pop(held_out)
         meta_train = {
-            key: torch.cat([batch[k][key] for k in train_keys])
+            key: torch.cat([batch[key] for batch in batches])
             for key in ("image", "label", "domain_id")
         }
-        meta_test = batch[domain_keys[held_out]]
 
         with bn_mode(self.net, "hold"):
             train_terms = self._forward_losses(
@@ -261,15 +286,14 @@ class ReIDModule(pl.LightningModule):
         # Lightning step s <-> ACL iteration s - (initial_basic_steps - 1); negative = warm-start.
         iteration = self.trainer.fit_loop.epoch_loop.batch_progress.total.completed
         iteration -= self.initial_basic_steps - 1
-        merged = batch["merged"] if "merged" in batch else batch
-        logs = {f"basic/{k}": v.detach() for k, v in self._basic_step(merged).items()}
+        logs = {f"basic/{k}": v.detach() for k, v in self._basic_step(batch).items()}
         if iteration >= 0:
             if self.meta_interval > 0 and iteration % self.meta_interval == 0:
-                logs.update({k: v.detach() for k, v in self._meta_step(batch, iteration).items()})
+                logs.update({k: v.detach() for k, v in self._meta_step(iteration).items()})
             for scheduler in self.lr_schedulers() or []:
                 scheduler.step()
         logs["train/loss"] = sum(v for k, v in logs.items() if k.startswith("basic/"))
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=merged["label"].shape[0])
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch["label"].shape[0])
 
     def lr_schedulers(self):
         schedulers = super().lr_schedulers()
