@@ -125,3 +125,14 @@ def test_evaluator_must_match_the_data_layout(make_config, gait_overrides):
     datamodule, model, trainer = build_run(cfg)
     with pytest.raises(ValueError, match="does not match data.layout='casiab'"):
         trainer.fit(model, datamodule=datamodule)
+
+
+def test_mixed_precision_training_keeps_losses_finite(make_config, gait_overrides):
+    """bf16-mixed on CPU (what `16-mixed` becomes there): autocast forward, fp32 losses."""
+    cfg = make_config(
+        "train",
+        [*gait_overrides, "callbacks=none", "trainer.precision=bf16-mixed", "trainer.max_steps=2"],
+    )
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert 0.0 <= metrics["test/Mean"] <= 100.0
