@@ -40,10 +40,10 @@ import numpy as np
 from einops import rearrange
 
 import metareid
-from metareid.data.casiab import TYPES, VIEWS, CasiaBDataset
-from metareid.data.frame_sampling import cut_silhouettes
-from metareid.data.gait_datamodule import GaitDataModule
-from metareid.data.synthetic_casiab import generate_synthetic_casiab
+from metareid.data.gait.casiab import TYPES, VIEWS, CasiaBDataset
+from metareid.data.gait.datamodule import GaitDataModule
+from metareid.data.gait.frame_sampling import cut_silhouettes
+from metareid.data.gait.synthetic import generate_synthetic_casiab
 
 QUICK = os.environ.get("METAREID_NOTEBOOK_QUICK", "1") != "0"
 ROOT = Path(os.environ.get("PROJECT_ROOT") or Path(metareid.__file__).resolve().parents[2])

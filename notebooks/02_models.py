@@ -39,11 +39,11 @@ from einops import rearrange
 from torch import nn
 
 import metareid
-from metareid.data.casiab import CasiaBDataset
-from metareid.data.frame_sampling import cut_silhouettes
-from metareid.data.reid_multisource import load_resized_image
-from metareid.data.synthetic_casiab import generate_synthetic_casiab
-from metareid.data.synthetic_reid import generate_synthetic_reid
+from metareid.data.gait.casiab import CasiaBDataset
+from metareid.data.gait.frame_sampling import cut_silhouettes
+from metareid.data.gait.synthetic import generate_synthetic_casiab
+from metareid.data.reid.multisource import load_resized_image
+from metareid.data.reid.synthetic import generate_synthetic_reid
 from metareid.models import DR50, GaitGL, MetaGait
 from metareid.models.reid_baseline import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD
 

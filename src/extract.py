@@ -26,9 +26,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from metareid.checkpoints import network_from_config
-from metareid.data.casiab import read_silhouettes
-from metareid.data.frame_sampling import cut_silhouettes
-from metareid.data.reid_multisource import load_resized_image
+from metareid.data.gait.casiab import read_silhouettes
+from metareid.data.gait.frame_sampling import cut_silhouettes
+from metareid.data.reid.multisource import load_resized_image
 from metareid.export import GaitEmbedder, embedder_for
 
 log = logging.getLogger(__name__)

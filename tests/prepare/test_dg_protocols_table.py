@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from metareid.data.protocols import PROTOCOLS, RELEASE_COUNTS, DGProtocol, get_protocol
-from metareid.data.reid_datasets import Market1501
-from metareid.data.reid_formats import CUHK03, CUHKSYSU, MSMT17
+from metareid.data.reid.market1501 import Market1501
+from metareid.data.reid.protocols import PROTOCOLS, RELEASE_COUNTS, DGProtocol, get_protocol
+from metareid.data.reid.release_formats import CUHK03, CUHKSYSU, MSMT17
 
 
 def test_four_protocols_cover_every_target():
@@ -54,8 +54,8 @@ def test_protocol_dataset_names_are_the_loaders_domain_names():
 
 
 def test_release_formats_are_reachable_by_name():
-    from metareid.data import reid_formats
-    from metareid.data.reid_datasets import DATASET_FACTORIES, load_reid_dataset
+    from metareid.data.reid import release_formats as reid_formats
+    from metareid.data.reid.registry import DATASET_FACTORIES, load_reid_dataset
 
     with pytest.raises(FileNotFoundError):
         load_reid_dataset("MSMT17", "/nonexistent/msmt17")

@@ -121,7 +121,7 @@ def test_check_then_loader_read_the_prepared_tree(casiab_raw, tmp_path):
         ("test_sequences", 3, 5485),
     }
 
-    from metareid.data.casiab import CasiaBDataset
+    from metareid.data.gait.casiab import CasiaBDataset
 
     train = CasiaBDataset(out, partition_file=out / "partition.json", split="train")
     test = CasiaBDataset(out, partition_file=out / "partition.json", split="test")

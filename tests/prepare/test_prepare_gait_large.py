@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from raw_releases import silhouette
 
-from metareid.data.casiab import GREW_TYPES, OUMVLP_TYPES
-from metareid.data.casiab import OUMVLP_VIEWS as LAYOUT_VIEWS
-from metareid.data.gait_datamodule import GaitDataModule
+from metareid.data.gait.casiab import GREW_TYPES, OUMVLP_TYPES
+from metareid.data.gait.casiab import OUMVLP_VIEWS as LAYOUT_VIEWS
+from metareid.data.gait.datamodule import GaitDataModule
 from metareid.evaluation.casiab import OUMVLPIdentification
 from metareid.evaluation.grew import GREWIdentification
 from metareid.prepare.casiab import align_silhouette

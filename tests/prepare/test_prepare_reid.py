@@ -15,8 +15,8 @@ from raw_releases import (
     write_cuhksysu_raw,
 )
 
-from metareid.data.reid_datasets import Market1501
-from metareid.data.reid_formats import CUHK03, CUHKSYSU, MSMT17, DukeMTMC
+from metareid.data.reid.market1501 import Market1501
+from metareid.data.reid.release_formats import CUHK03, CUHKSYSU, MSMT17, DukeMTMC
 from metareid.prepare import main
 from metareid.prepare.cuhk03 import check_cuhk03, prepare_cuhk03
 from metareid.prepare.cuhksysu import check_cuhksysu, crop_name, prepare_cuhksysu

@@ -16,7 +16,7 @@ from raw_releases import (
 )
 from rich.console import Console
 
-from metareid.data.reid_formats import CUHKSYSU, MSMT17
+from metareid.data.reid.release_formats import CUHKSYSU, MSMT17
 from metareid.prepare.casiab import check_casiab, prepare_casiab
 from metareid.prepare.cuhk03 import prepare_cuhk03
 from metareid.prepare.cuhksysu import prepare_cuhksysu

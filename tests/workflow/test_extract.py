@@ -12,7 +12,7 @@ from PIL import Image
 
 import extract
 from metareid.checkpoints import CheckpointError, lightning_checkpoint, load_network_weights
-from metareid.data.reid_multisource import load_resized_image
+from metareid.data.reid.multisource import load_resized_image
 from metareid.export import embedder_for
 from metareid.models import DR50, MetaEmbeddingHead, MetaGait, ReIDBaseline
 

@@ -21,7 +21,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from metareid.data.casiab import OUMVLP_TYPES, OUMVLP_VIEWS
+from metareid.data.gait.casiab import OUMVLP_TYPES, OUMVLP_VIEWS
 from metareid.evaluation.distances import part_cosine_distance, part_euclidean_distance
 
 __all__ = [

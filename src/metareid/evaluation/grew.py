@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from metareid.data.casiab import GREW_TYPES
+from metareid.data.gait.casiab import GREW_TYPES
 from metareid.evaluation.casiab import DISTANCES, GaitEmbeddingStore
 
 __all__ = ["GREW_GALLERY_TYPES", "GREW_PROBE_TYPES", "GREWIdentification", "format_rank_table"]

@@ -63,7 +63,11 @@ OUTPUT_SIZE = 64
 SHORT_SEQUENCE = 5
 PARTITION_NAME = "partition.json"
 BUNDLED_PARTITION = (
-    Path(__file__).resolve().parents[1] / "data" / "partitions" / "CASIA-B_include_005.json"
+    Path(__file__).resolve().parents[1]
+    / "data"
+    / "gait"
+    / "partitions"
+    / "CASIA-B_include_005.json"
 )
 
 SUBJECT_PATTERN = re.compile(r"^\d{3}$")

@@ -14,7 +14,7 @@ Output: ``images_<boxes>/<pair>_<person:03d>_<view>_<shot:02d>.png`` (the names 
 files list) and ``splits_new_<boxes>.json`` =
 ``{"train": [[path, pid, camid], ...], "query": [...], "gallery": [...]}`` with paths relative
 to ``<out>``, pids from ``labels`` and ``camid = camId - 1``; read by
-:class:`metareid.data.reid_formats.CUHK03`.
+:class:`metareid.data.reid.release_formats.CUHK03`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from metareid.data.protocols import release_counts
-from metareid.data.reid_formats import cuhk03_split_file
+from metareid.data.reid.protocols import release_counts
+from metareid.data.reid.release_formats import cuhk03_split_file
 from metareid.prepare.market1501 import ImageRecord, count_records, record_paths, verify_images
 from metareid.prepare.report import PrepareReport, Problem, fatal, run_parallel
 

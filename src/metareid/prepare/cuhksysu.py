@@ -23,8 +23,8 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from metareid.data.protocols import release_counts
-from metareid.data.reid_formats import cuhksysu_pid
+from metareid.data.reid.protocols import release_counts
+from metareid.data.reid.release_formats import cuhksysu_pid
 from metareid.prepare.market1501 import (
     ImageRecord,
     count_records,

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from metareid.data.protocols import release_counts
-from metareid.data.reid_datasets import IMAGE_SUFFIXES
+from metareid.data.reid.dataset import IMAGE_SUFFIXES
+from metareid.data.reid.protocols import release_counts
 from metareid.prepare.report import PrepareReport, Problem, fatal, run_parallel
 
 __all__ = [

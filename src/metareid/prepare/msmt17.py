@@ -6,8 +6,8 @@ training folder for train/val and to the test folder for query/gallery). The cam
 ``_`` field of the file name (1–15).
 
 Output: ``<out>/{train,test}/`` (symlinks by default) and the four list files rewritten with only
-the lines whose image passed validation, i.e. the layout :class:`metareid.data.reid_formats.MSMT17`
-reads whatever the release version was.
+the lines whose image passed validation, i.e. the layout
+:class:`metareid.data.reid.release_formats.MSMT17` reads whatever the release version was.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from metareid.data.protocols import release_counts
-from metareid.data.reid_formats import MSMT17_IMAGE_FOLDERS, parse_msmt17_line
+from metareid.data.reid.protocols import release_counts
+from metareid.data.reid.release_formats import MSMT17_IMAGE_FOLDERS, parse_msmt17_line
 from metareid.prepare.market1501 import (
     ImageRecord,
     count_records,

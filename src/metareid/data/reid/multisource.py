@@ -1,4 +1,4 @@
-"""Torch datasets over :class:`~metareid.data.reid_datasets.ReIDImage` lists.
+"""Torch datasets over :class:`~metareid.data.reid.dataset.ReIDImage` lists.
 
 Training merges several source domains into one label space the way the DR50 reference does
 (dr50.md §4.2): the domain id is the position of the source in the list, identities are numbered
@@ -6,7 +6,7 @@ domain by domain (domain 0 gets ``[0, n0)``, domain 1 ``[n0, n0 + n1)``, ...), a
 single-domain views used by the meta-learning step reuse those global labels.
 
 Images leave the workers as ``uint8`` tensors already resized to the model input; augmentation
-and normalisation run batched on the device (:mod:`metareid.data.reid_transforms`).
+and normalisation run batched on the device (:mod:`metareid.data.reid.transforms`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from metareid.data.reid_datasets import ReIDImage
+from metareid.data.reid.dataset import ReIDImage
 
 __all__ = [
     "MultiSourceTrainSet",

@@ -4,13 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metareid.data.reid_datasets import (
-    DATASET_FACTORIES,
-    Market1501,
-    ReIDImage,
-    SyntheticReID,
-    load_reid_dataset,
-)
+from metareid.data.reid.dataset import ReIDImage
+from metareid.data.reid.market1501 import Market1501, SyntheticReID
+from metareid.data.reid.registry import DATASET_FACTORIES, load_reid_dataset
 
 TRAIN_FILES = [
     "0002_c1s1_000451_03.jpg",

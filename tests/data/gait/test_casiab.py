@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metareid.data.casiab import (
+from metareid.data.gait.casiab import (
     TYPES,
     VIEWS,
     CasiaBDataset,

@@ -4,8 +4,8 @@ import pickle
 import numpy as np
 import pytest
 
-from metareid.data.casiab import CasiaBDataset
-from metareid.data.synthetic_casiab import (
+from metareid.data.gait.casiab import CasiaBDataset
+from metareid.data.gait.synthetic import (
     MARKER_FILE,
     SEGMENTS,
     capsule_row_intervals,

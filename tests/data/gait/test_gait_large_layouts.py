@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metareid.data.casiab import (
+from metareid.data.gait.casiab import (
     GREW_TYPES,
     OUMVLP_TYPES,
     OUMVLP_VIEWS,
@@ -19,7 +19,7 @@ from metareid.data.casiab import (
     get_layout,
     load_partition,
 )
-from metareid.data.gait_datamodule import GaitDataModule
+from metareid.data.gait.datamodule import GaitDataModule
 from metareid.evaluation.casiab import OUMVLPIdentification
 from metareid.evaluation.grew import GREWIdentification
 from metareid.models import GaitGL

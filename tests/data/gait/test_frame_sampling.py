@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from metareid.data.frame_sampling import FrameSampler, cut_silhouettes, wrapped_window
+from metareid.data.gait.frame_sampling import FrameSampler, cut_silhouettes, wrapped_window
 
 
 def numbered_sequence(length: int, width: int = 64) -> np.ndarray:

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metareid.data.reid_transforms import ReIDTrainAugment
+from metareid.data.reid.transforms import ReIDTrainAugment
 
 SIZE = (16, 8)
 ALL_OFF = dict(autoaugment_p=0.0, flip_p=0.0, padding=0, color_jitter_p=0.0, erasing_p=0.0)

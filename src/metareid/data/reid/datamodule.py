@@ -24,8 +24,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from metareid.data.reid_datasets import ReIDDataset, ReIDImage, load_reid_dataset
-from metareid.data.reid_multisource import MultiSourceTrainSet, ReIDTestSet, SingleDomainView
+from metareid.data.reid.dataset import ReIDDataset, ReIDImage
+from metareid.data.reid.multisource import MultiSourceTrainSet, ReIDTestSet, SingleDomainView
+from metareid.data.reid.registry import load_reid_dataset
 from metareid.data.samplers import IdentityBatchSampler, InferenceBatchSampler
 
 __all__ = ["ReIDDataModule"]
@@ -137,7 +138,7 @@ class ReIDDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         if self.synthetic is None:
             return
-        from metareid.data.synthetic_reid import generate_synthetic_reid
+        from metareid.data.reid.synthetic import generate_synthetic_reid
 
         log.info("Ensuring synthetic ReID domains under %s", self.synthetic.get("root"))
         generate_synthetic_reid(**self.synthetic)

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from metareid.data.reid_datasets import ReIDImage
-from metareid.data.reid_multisource import (
+from metareid.data.reid.dataset import ReIDImage
+from metareid.data.reid.multisource import (
     MultiSourceTrainSet,
     ReIDTestSet,
     load_resized_image,

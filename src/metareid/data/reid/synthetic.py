@@ -9,7 +9,7 @@ in the brightness and saturation range of the clothes people wear. Training on s
 testing on an unseen one is therefore a real domain-generalisation problem at toy scale.
 
 Output uses the Market-1501 layout, readable by
-:class:`metareid.data.reid_datasets.SyntheticReID`::
+:class:`metareid.data.reid.market1501.SyntheticReID`::
 
     <out>/<domain>/bounding_box_train/0001_c1s1_000000_01.jpg
     <out>/<domain>/query/...
@@ -22,7 +22,7 @@ per camera (only camera 1 when it has a single image per camera), and the rest g
 Rendering is vectorised with numpy over chunks of images; the default demo
 (4 domains x 40 ids x 4 cameras x 3 images at 64x32) takes a few seconds.
 
-Command line: ``python -m metareid.data.synthetic_reid --out DIR``.
+Command line: ``python -m metareid.data.reid.synthetic --out DIR``.
 """
 
 from __future__ import annotations
@@ -663,7 +663,7 @@ def generate_synthetic_reid(
     root = Path(root).expanduser()
     styles = dict(styles or {})
     manifest = {
-        "generator": "metareid.data.synthetic_reid",
+        "generator": "metareid.data.reid.synthetic",
         "version": 1,
         "ids_per_domain": ids_per_domain,
         "train_ids": num_train_ids,
@@ -716,7 +716,7 @@ def generate_synthetic_reid(
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     parser = argparse.ArgumentParser(
-        prog="python -m metareid.data.synthetic_reid",
+        prog="python -m metareid.data.reid.synthetic",
         description="Write synthetic multi-domain ReID data in the Market-1501 layout.",
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")

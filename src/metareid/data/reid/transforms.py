@@ -9,7 +9,7 @@ The reference (fast-reid, per image with PIL) runs::
 device. Deviations from the reference:
 
 * Resizing happens in the loader workers
-  (:func:`metareid.data.reid_multisource.load_resized_image`), so AutoAugment runs *after* the
+  (:func:`metareid.data.reid.multisource.load_resized_image`), so AutoAugment runs *after* the
   resize and sees the model-size crop instead of the original-size one (the reference runs it
   before). Its geometric operations (rotate, shear) act on the smaller image and its histogram
   operations (equalize, auto-contrast) on resampled pixels, so results differ slightly.

@@ -18,7 +18,7 @@ Output: ``root/<id:03d>/<type>/<view>/<view>.pkl`` (pickled ``uint8 [T, 64, 64]`
 small next to the spread between subjects, so identity is recoverable across views and
 conditions.
 
-CLI: ``python -m metareid.data.synthetic_casiab --out DIR [--num-subjects 40 ...]``.
+CLI: ``python -m metareid.data.gait.synthetic --out DIR [--num-subjects 40 ...]``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metareid.data.casiab import SIL_SIZE, TYPES, VIEWS
+from metareid.data.gait.casiab import SIL_SIZE, TYPES, VIEWS
 
 MARKER_FILE = ".synthetic_casiab"
 PARTITION_FILE = "partition.json"
@@ -636,7 +636,7 @@ def _render_and_write(root: Path, jobs: list) -> None:
 
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
-        prog="python -m metareid.data.synthetic_casiab",
+        prog="python -m metareid.data.gait.synthetic",
         description="Generate the embedded synthetic CASIA-B (pkl tree + partition.json).",
     )
     parser.add_argument("--out", required=True, type=Path, help="output directory")

@@ -5,8 +5,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from metareid.data.reid_datamodule import ReIDDataModule
-from metareid.data.synthetic_reid import generate_synthetic_reid
+from metareid.data.reid.datamodule import ReIDDataModule
+from metareid.data.reid.synthetic import generate_synthetic_reid
 
 SIZE = (32, 16)
 
@@ -158,8 +158,8 @@ def test_domain_streams_resume_from_the_meta_steps_taken(synthetic_root):
 
 
 def test_combineall_adds_query_and_gallery_as_new_identities(synthetic_root):
-    from metareid.data.reid_datamodule import combine_all
-    from metareid.data.reid_datasets import load_reid_dataset
+    from metareid.data.reid.datamodule import combine_all
+    from metareid.data.reid.registry import load_reid_dataset
 
     dataset = load_reid_dataset("synthetic", synthetic_root / "synA")
     combined = combine_all(dataset)

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metareid.data.reid_datasets import MARKET_FILENAME_PATTERN, SyntheticReID
-from metareid.data.synthetic_reid import MANIFEST_NAME, generate_synthetic_reid, main
+from metareid.data.reid.dataset import MARKET_FILENAME_PATTERN
+from metareid.data.reid.market1501 import SyntheticReID
+from metareid.data.reid.synthetic import MANIFEST_NAME, generate_synthetic_reid, main
 
 DOMAINS = ("synA", "synB", "synC", "synD")
 

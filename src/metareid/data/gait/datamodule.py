@@ -16,8 +16,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from metareid.data.casiab import GaitDataset, find_partition_file, get_layout
-from metareid.data.frame_sampling import FrameSampler
+from metareid.data.gait.casiab import GaitDataset, find_partition_file, get_layout
+from metareid.data.gait.frame_sampling import FrameSampler
 from metareid.data.samplers import IdentityBatchSampler, InferenceBatchSampler
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class GaitDataModule(pl.LightningDataModule):
             (``CASIA-B_include_005.json``, ``CASIA-B.json``); ``None`` uses ``root/partition.json``
             when present (``src/prepare.py`` writes it), else the 74-id CASIA-B split (CASIA-B
             only; OU-MVLP and GREW have no bundled partition).
-        layout: ``"casiab"``, ``"oumvlp"`` or ``"grew"`` (see ``metareid.data.casiab``): what the
+        layout: ``"casiab"``, ``"oumvlp"`` or ``"grew"`` (see ``metareid.data.gait.casiab``):
             type and view levels hold. The batches' ``type_index``/``view_index`` index that
             layout's type/view names, so the evaluator must be the matching protocol.
         num_classes: number of training identities the model's classifier was built for; checked
@@ -106,7 +106,7 @@ class GaitDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         if self.synthetic is None:
             return
-        from metareid.data.synthetic_casiab import generate_synthetic_casiab
+        from metareid.data.gait.synthetic import generate_synthetic_casiab
 
         stamp = self.root / ".synthetic_args.json"
         wanted = json.dumps(self.synthetic, sort_keys=True)

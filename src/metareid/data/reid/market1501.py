@@ -1,97 +1,23 @@
-"""Person re-identification datasets stored as image folders (Market-1501 layout and relatives).
+"""Readers of the Market-1501 folder layout: Market-1501 itself and the synthetic domains.
 
-A dataset object only indexes files: it exposes three lists of :class:`ReIDImage` records
-(``train``, ``query``, ``gallery``). Decoding, relabelling and batching live in
-:mod:`metareid.data.reid_multisource`.
-
-New formats are added by writing a class with the same three attributes and one line in
-:data:`DATASET_FACTORIES`; :func:`load_reid_dataset` is the only lookup, so there is no registry
-to import for its side effects.
+Files are indexed, never decoded; records are :class:`~metareid.data.reid.dataset.ReIDImage`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = [
-    "DATASET_FACTORIES",
-    "IMAGE_SUFFIXES",
-    "MARKET_FILENAME_PATTERN",
-    "Market1501",
-    "ReIDDataset",
-    "ReIDImage",
-    "SyntheticReID",
-    "load_reid_dataset",
-    "read_market_style_folder",
-]
+from metareid.data.reid.dataset import (
+    IMAGE_SUFFIXES,
+    JUNK_PID,
+    MARKET_FILENAME_PATTERN,
+    MARKET_SPLIT_FOLDERS,
+    ReIDDataset,
+    ReIDImage,
+)
 
-# Market-1501 names look like ``0002_c1s1_000451_03.jpg``: person id, then ``c`` + camera digit.
-# The id group allows a minus sign because junk boxes are stored as ``-1_c1s1_...``.
-MARKET_FILENAME_PATTERN = re.compile(r"([-\d]+)_c(\d)")
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
-JUNK_PID = -1
-MARKET_SPLIT_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
-
-
-@dataclass(frozen=True)
-class ReIDImage:
-    """One person crop.
-
-    Attributes:
-        path: image file.
-        pid: person id as written in the file name (0 marks a Market distractor).
-        camid: 0-based camera index within its dataset.
-        domain: name of the dataset (domain) the image comes from.
-    """
-
-    path: Path
-    pid: int
-    camid: int
-    domain: str
-
-
-class ReIDDataset:
-    """Common shape of every dataset: three lists of :class:`ReIDImage` plus a name.
-
-    Attributes:
-        name: domain name written into every record.
-        train: training images (junk removed).
-        query: query images of the test split (junk removed).
-        gallery: gallery images of the test split (junk removed, distractors kept).
-        num_skipped: files ignored because their names did not parse (only with ``strict=False``).
-    """
-
-    name: str
-    train: list[ReIDImage]
-    query: list[ReIDImage]
-    gallery: list[ReIDImage]
-    num_skipped: int = 0
-
-    @property
-    def num_train_pids(self) -> int:
-        return len({item.pid for item in self.train})
-
-    @property
-    def num_train_cams(self) -> int:
-        return len({item.camid for item in self.train})
-
-    def summary(self) -> str:
-        """One-line description with image and identity counts per split."""
-
-        def split_counts(items: Sequence[ReIDImage]) -> str:
-            return f"{len(items)} images / {len({item.pid for item in items})} ids"
-
-        return (
-            f"{self.name}: train {split_counts(self.train)}, query {split_counts(self.query)}, "
-            f"gallery {split_counts(self.gallery)}"
-            + (f" ({self.num_skipped} unparsable files skipped)" if self.num_skipped else "")
-        )
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.summary()})"
+__all__ = ["Market1501", "SyntheticReID", "read_market_style_folder"]
 
 
 def read_market_style_folder(
@@ -195,7 +121,7 @@ class Market1501(ReIDDataset):
 
 
 class SyntheticReID(Market1501):
-    """One domain written by :func:`metareid.data.synthetic_reid.generate_synthetic_reid`.
+    """One domain written by :func:`metareid.data.reid.synthetic.generate_synthetic_reid`.
 
     Args:
         root: the domain folder (``<out>/synA``), or the generator's output folder together
@@ -216,48 +142,3 @@ class SyntheticReID(Market1501):
         if domain is not None:
             domain_root = domain_root / domain
         super().__init__(domain_root, name=name or domain or domain_root.name, strict=strict)
-
-
-# Lower-case keys without separators; see ``_normalise_name``.
-DATASET_FACTORIES: dict[str, Callable[..., ReIDDataset]] = {
-    "market1501": Market1501,
-    "synthetic": SyntheticReID,
-}
-
-
-def _register_release_formats() -> None:
-    # reid_formats subclasses the readers above, so it can only be imported once they exist.
-    from metareid.data import reid_formats
-
-    DATASET_FACTORIES.update(
-        dukemtmc=reid_formats.DukeMTMC,
-        msmt17=reid_formats.MSMT17,
-        cuhk03=reid_formats.CUHK03,
-        cuhksysu=reid_formats.CUHKSYSU,
-    )
-
-
-def _normalise_name(name: str) -> str:
-    return re.sub(r"[-_\s]", "", name).lower()
-
-
-def load_reid_dataset(name: str, root: str | Path, /, **kwargs) -> ReIDDataset:
-    """Build a dataset by name.
-
-    Args:
-        name: a key of :data:`DATASET_FACTORIES`; case, ``-`` and ``_`` are ignored
-            (``Market-1501`` works). Positional-only, so ``name=`` in ``kwargs`` is the
-            constructor's domain name.
-        root: dataset folder passed to the class.
-        **kwargs: extra constructor arguments (``strict``, ``name``, ``domain`` ...).
-    """
-    if "cuhk03" not in DATASET_FACTORIES:
-        _register_release_formats()
-    key = _normalise_name(name)
-    if key not in DATASET_FACTORIES:
-        known = ", ".join(sorted(DATASET_FACTORIES))
-        raise ValueError(
-            f"Unknown ReID dataset {name!r}. Known names: {known}. New formats are added to "
-            "metareid.data.reid_datasets.DATASET_FACTORIES."
-        )
-    return DATASET_FACTORIES[key](root, **kwargs)

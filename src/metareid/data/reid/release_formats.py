@@ -1,7 +1,7 @@
 """Loaders for the ReID formats beyond Market-1501: DukeMTMC-reID, MSMT17, CUHK03, CUHK-SYSU.
 
 Every class exposes ``train``, ``query`` and ``gallery`` lists of
-:class:`~metareid.data.reid_datasets.ReIDImage` like :class:`Market1501`, with pids as written in
+:class:`~metareid.data.reid.dataset.ReIDImage` like :class:`Market1501`, with pids as written in
 the data (no relabelling) and 0-based cameras. The folders they read are those
 ``python src/prepare.py <dataset>`` writes (dr50.md §5.4):
 
@@ -21,7 +21,8 @@ import json
 import re
 from pathlib import Path
 
-from metareid.data.reid_datasets import IMAGE_SUFFIXES, Market1501, ReIDDataset, ReIDImage
+from metareid.data.reid.dataset import IMAGE_SUFFIXES, ReIDDataset, ReIDImage
+from metareid.data.reid.market1501 import Market1501
 
 __all__ = [
     "CUHK03",

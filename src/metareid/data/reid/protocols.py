@@ -6,7 +6,7 @@ CUHK-SYSU (CS), CUHK03 (C3)} and tests on the standard query/gallery of the four
 CUHK-SYSU has no query/gallery, so it is always a source. The Hydra configs under ``conf/`` are
 the runnable form of these entries; this module is what code and tests compare them with.
 
-Dataset keys match :func:`metareid.data.reid_datasets.load_reid_dataset`.
+Dataset keys match :func:`metareid.data.reid.registry.load_reid_dataset`.
 """
 
 from __future__ import annotations

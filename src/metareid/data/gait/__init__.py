@@ -1,0 +1,1 @@
+"""Gait data: CASIA-B-style datasets and layouts, frame sampling, synthetic CASIA-B, DataModule."""
