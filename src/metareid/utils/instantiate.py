@@ -7,6 +7,7 @@ import logging
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks.progress.progress_bar import ProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ def build_run(cfg: DictConfig, with_callbacks: bool = True):
     model_cfg = _with_data_dependent_sizes(cfg.model, datamodule)
     model: pl.LightningModule = hydra.utils.instantiate(model_cfg)
     callbacks = instantiate_group(cfg.get("callbacks")) if with_callbacks else []
+    if not OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True):
+        # Lightning refuses a progress-bar callback next to enable_progress_bar=false.
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False
