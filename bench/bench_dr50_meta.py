@@ -2,6 +2,11 @@
 
     python bench/bench_dr50_meta.py --quick                                   # reduced width, 64x32
     python bench/bench_dr50_meta.py --width 1.0 --height 256 --width-px 128 --device cuda
+    python bench/bench_dr50_meta.py --quick --compile --channels-last
+
+--compile wraps the basic-step and meta-train forwards (as model.compile does in ReIDModule); the
+meta-test forward is functional_call on the plain module. --channels-last stores the conv weights
+as channels_last. The first iteration (with the compilation) is a warm-up and is not reported.
 
 Prints a table and writes bench/results/dr50_meta.json. The step is the ReIDModule's (same
 functions: bn_mode, meta_gradients, fast_weights, functional_call), without Lightning.
@@ -20,6 +25,7 @@ from torch.func import functional_call
 
 from metareid.losses.reid import ACLLosses
 from metareid.models import DR50, MetaEmbeddingHead, ReIDBaseline
+from metareid.models.compile import training_forward
 from metareid.models.meta_ops import bn_mode, fast_weights, meta_gradients
 
 
@@ -37,6 +43,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the basic / meta-train forwards"
+    )
+    parser.add_argument("--channels-last", action="store_true", help="channels_last conv weights")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "dr50_meta.json"))
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
@@ -44,6 +54,7 @@ def main() -> None:
 
     backbone = DR50(width_mult=args.width)
     net = ReIDBaseline(backbone, MetaEmbeddingHead(backbone.out_channels, args.classes)).to(device)
+    forward = training_forward(net, compile=args.compile, channels_last=args.channels_last)
     losses = ACLLosses()
     params = [p for p in net.parameters() if p.requires_grad]
     main_opt = torch.optim.SGD(params, lr=0.04, momentum=0.9, weight_decay=5e-4)
@@ -73,7 +84,7 @@ def main() -> None:
         sync()
         t0 = time.perf_counter()
         with bn_mode(net, "general"):
-            loss = sum(losses.basic(net(images), labels, domains).values())
+            loss = sum(losses.basic(forward(images), labels, domains).values())
         main_opt.zero_grad()
         loss.backward()
         main_opt.step()
@@ -82,7 +93,7 @@ def main() -> None:
         tr_images, tr_labels, tr_domains = batch(args.batch, [0, 1])
         te_images, te_labels, te_domains = batch(args.batch // 2, [2])
         with bn_mode(net, "hold"):
-            mtr = sum(losses.meta_train(net(tr_images), tr_labels, tr_domains).values())
+            mtr = sum(losses.meta_train(forward(tr_images), tr_labels, tr_domains).values())
             grads = meta_gradients(mtr, net)
             sync()
             t2 = time.perf_counter()
@@ -108,6 +119,8 @@ def main() -> None:
         "width_mult": args.width,
         "image": [args.height, args.width_px],
         "batch": args.batch,
+        "compile": args.compile,
+        "channels_last": args.channels_last,
         "params": sum(p.numel() for p in net.parameters()),
     }
     # The first iteration is warm-up; report the median of the rest.

@@ -25,11 +25,11 @@
 #    ReID CMC curve;
 # 4. retrieval examples: the top-ranked gallery images of a few queries of the unseen domain.
 #
-# `METAREID_NOTEBOOK_QUICK=1` (default) trains toy-sized networks for a few steps (seconds, near
-# chance accuracy); `0` runs the CPU demos (`experiment=demo_metagait` and `demo_dr50`, several
-# minutes each). A checkpoint given through the environment must match the model config of the
-# mode (quick: the toy sizes below; full: the demos). Everything is written under
-# `METAREID_NOTEBOOK_OUT` (default `outputs/notebooks/03_results` in the repository).
+# `METAREID_NOTEBOOK_QUICK=1` (default) trains toy-sized networks for a few steps (up to about a
+# minute on 2 CPU cores, near chance accuracy); `0` runs the CPU demos (`experiment=demo_metagait`
+# and `demo_dr50`, several minutes each). A checkpoint given through the environment must match
+# the model config of the mode (quick: the toy sizes below; full: the demos). Everything is written
+# under `METAREID_NOTEBOOK_OUT` (default `outputs/notebooks/03_results` in the repository).
 
 # %%
 import json
@@ -103,17 +103,16 @@ CHECKPOINT_ONLY = [
 # %%
 GAIT = [f"data.root={OUT / 'data' / 'synthetic_casiab'}", "data.num_workers=0", *QUIET]
 if QUICK:
+    # `debug=tiny` (conf/debug/data/tiny_casiab_synthetic.yaml) with a few more subjects and views
+    # for a readable heatmap, and 12 steps.
     GAIT += [
+        "debug=tiny",
         "data.synthetic.num_subjects=8",
         "data.synthetic.train_subjects=4",
-        "++data.synthetic.views=[000,054,090,126,180]",
-        "++data.synthetic.frames=[8,14]",
+        "data.synthetic.views=[000,054,090,126,180]",
         "data.p=4",
-        "data.k=2",
         "data.frames_num_fixed=8",
         "data.test_batch_size=16",
-        "model.net.channels=[4,8,8]",
-        "++model.net.bin_num=4",
         "trainer.max_steps=12",
         "trainer.val_check_interval=12",
         "+trainer.limit_val_batches=0",
@@ -155,19 +154,10 @@ heatmap  # noqa: B018 (the notebook displays the figure)
 # %%
 REID = ["experiment=demo_dr50", f"data.synthetic.root={OUT / 'data' / 'synthetic_reid'}", *QUIET]
 if QUICK:
+    # `debug=tiny` (conf/debug/data/tiny_reid_synthetic.yaml): 8 ids a domain, 1/8 width, 2 epochs.
     REID += [
-        "data.synthetic.ids_per_domain=8",
-        "data.synthetic.cameras=2",
-        "data.synthetic.images_per_id_per_camera=2",
-        "++data.synthetic.distractors_per_domain=2",
-        "++data.synthetic.junk_per_domain=1",
-        "data.batch_size=8",
-        "data.domain_batch_size=4",
-        "data.test_batch_size=64",
+        "debug=tiny",
         "model.initial_basic_steps=2",
-        "model.scheduler.max_epochs=2",
-        "model.scheduler.warmup_epochs=1",
-        "trainer.max_epochs=2",
         "+trainer.limit_val_batches=0",
         "trainer.log_every_n_steps=4",
     ]

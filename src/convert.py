@@ -26,6 +26,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 
+from metareid.checkpoint_io import atomic_torch_save
 from metareid.checkpoints import (
     BNNECK_LAYOUTS,
     NET_PREFIX,
@@ -141,7 +142,7 @@ def convert(args: argparse.Namespace) -> dict:
     # The same strict load Lightning will do, before anything is written.
     module.load_state_dict(checkpoint["state_dict"], strict=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, args.out)
+    atomic_torch_save(checkpoint, args.out)
     log.info("%s -> %s (%s)\n%s", args.src, args.out, " ".join(overrides), report.format())
     return checkpoint
 

@@ -25,6 +25,8 @@ from metareid.export import (
     export_onnx,
     export_torchscript,
 )
+from metareid.utils.errors import exit_on_user_error
+from metareid.utils.run_dirs import apply_run_dir
 
 log = logging.getLogger(__name__)
 # Relative paths in conf/paths resolve against the repository, wherever the command is run from.
@@ -39,9 +41,12 @@ def _image_size(cfg: DictConfig) -> list[int]:
 
 def export(cfg: DictConfig) -> dict[str, Path]:
     """Write the requested files; returns ``{format: path}``."""
+    cfg = apply_run_dir(cfg)
     if cfg.format not in FORMATS:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {cfg.format!r}")
-    net = network_from_config(cfg.model.net, cfg.get("ckpt_path"))
+    net = network_from_config(
+        cfg.model.net, cfg.get("ckpt_path"), trust_pickle=bool(cfg.get("trust_pickle", False))
+    )
     embedder = embedder_for(net, l2_normalize=cfg.l2_normalize)
     is_gait = isinstance(embedder, GaitEmbedder)
     if cfg.seq_lens_input and not is_gait:
@@ -91,6 +96,7 @@ def _verify(embedder, path: Path, check_sets, tolerance: float) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

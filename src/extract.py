@@ -30,6 +30,8 @@ from metareid.data.gait.casiab import read_silhouettes
 from metareid.data.gait.frame_sampling import cut_silhouettes
 from metareid.data.reid.multisource import load_resized_image
 from metareid.export import GaitEmbedder, embedder_for
+from metareid.utils.errors import exit_on_user_error
+from metareid.utils.run_dirs import apply_run_dir
 
 log = logging.getLogger(__name__)
 # Relative paths in conf/paths resolve against the repository, wherever the command is run from.
@@ -221,8 +223,17 @@ def _resolve_device(name: str) -> torch.device:
 
 
 def extract(cfg: DictConfig) -> Path:
-    """Extract the embeddings of ``cfg.input`` with ``cfg.model`` + ``cfg.ckpt_path``."""
-    net = network_from_config(cfg.model.net, cfg.ckpt_path)
+    """Extract the embeddings of ``cfg.input`` with ``cfg.model`` + ``cfg.ckpt_path``
+    (or the run folder ``cfg.run_dir``: its model and checkpoint)."""
+    cfg = apply_run_dir(cfg)
+    if not cfg.get("ckpt_path"):
+        raise ValueError(
+            "No weights: give run_dir=<training run folder> or ckpt_path=<checkpoint> (with the "
+            "model overrides it was trained with)."
+        )
+    net = network_from_config(
+        cfg.model.net, cfg.ckpt_path, trust_pickle=bool(cfg.get("trust_pickle", False))
+    )
     embedder = embedder_for(net, l2_normalize=cfg.l2_normalize)
     family = "gait" if isinstance(embedder, GaitEmbedder) else "reid"
     if family == "gait":
@@ -257,6 +268,7 @@ def extract(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="extract")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     extract(cfg)
 

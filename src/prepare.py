@@ -2,6 +2,7 @@
 
 python src/prepare.py casiab --raw GaitDatasetB-silh --out data/CASIA-B-pkl --workers 8
 python src/prepare.py casiab --check data/CASIA-B-pkl
+python src/prepare.py casiab --pack data/CASIA-B-pkl   # packed store (or --packed when preparing)
 python src/prepare.py --help   # all datasets and options
 """
 

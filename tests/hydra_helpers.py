@@ -14,25 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 os.environ.setdefault("PROJECT_ROOT", str(REPO))
 
-# A gait run small enough for seconds on 2 CPU cores: 6 subjects (3 train), 3 views, short clips.
-TINY_GAIT = [
-    "data.synthetic.num_subjects=6",
-    "data.synthetic.train_subjects=3",
-    "++data.synthetic.views=[000,090,180]",
-    "++data.synthetic.frames=[8,14]",
-    "data.p=3",
-    "data.k=2",
-    "data.frames_num_fixed=6",
-    "data.num_workers=0",
-    "data.test_batch_size=8",
-    "model.net.channels=[4,8,8]",
-    "++model.net.bin_num=4",
-    "trainer.accelerator=cpu",
-    "trainer.max_steps=4",
-    "trainer.val_check_interval=2",
-    "trainer.log_every_n_steps=1",
-    "trainer.enable_progress_bar=false",
-]
+# A gait run small enough for seconds on 2 CPU cores: conf/debug/data/tiny_casiab_synthetic.yaml (6
+# subjects, 3 train, 3 views, short clips, 4 steps). No progress bar in test logs.
+TINY_GAIT = ["debug=tiny", "trainer.enable_progress_bar=false"]
 
 # Checkpoint every 2 steps, no progress bars (train.yaml only; eval.yaml has no callbacks).
 TINY_CALLBACKS = [
@@ -57,20 +41,12 @@ def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> 
     return cfg
 
 
-# A DR50 run small enough for seconds: 8 ids per synthetic domain, 1/8 width, batches of 8.
+# A DR50 run small enough for seconds: conf/debug/data/tiny_reid_synthetic.yaml (8 ids per synthetic
+# domain, 1/8 width, batches of 8, 2 epochs). The schedule is pinned to those 2 epochs so that a
+# test stopping after one (trainer.max_epochs=1) keeps the LR curve of the full tiny run.
 TINY_REID = [
     "experiment=demo_dr50",
-    "data.synthetic.ids_per_domain=8",
-    "data.synthetic.cameras=2",
-    "data.synthetic.images_per_id_per_camera=2",
-    "++data.synthetic.distractors_per_domain=2",
-    "++data.synthetic.junk_per_domain=1",
-    "data.batch_size=8",
-    "data.domain_batch_size=4",
-    "data.test_batch_size=64",
-    "model.net.backbone.width_mult=0.125",
-    "model.net.head.in_channels=256",
+    "debug=tiny",
     "model.scheduler.max_epochs=2",
-    "model.scheduler.warmup_epochs=1",
     "trainer.enable_progress_bar=false",
 ]

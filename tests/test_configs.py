@@ -1,31 +1,99 @@
 """Every config group option and experiment composes, and the recipes hold the released numbers."""
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import hydra
 import pytest
 from omegaconf import OmegaConf
 
-from hydra_helpers import CONF
+from hydra_helpers import CONF, REPO
+from metareid.utils.config_checks import check_config
+from metareid.utils.errors import ConfigValueError
 
+# Every folder under conf/ is a config group that `src/train.py --help` lists (hydra/ aside).
 GROUP_OPTIONS = {
-    group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-    for group in ("data", "model", "trainer", "logger", "callbacks", "experiment")
+    str(folder.relative_to(CONF)): sorted(p.stem for p in folder.glob("*.yaml"))
+    for folder in sorted(CONF.rglob("*"))
+    if folder.is_dir() and folder.relative_to(CONF).parts[0] != "hydra"
 }
+# Options that only make sense with another choice (ReID data needs a ReID model: its head widths
+# come from the data; the per-dataset part of debug=tiny needs its dataset).
+COMPANIONS = {
+    ("debug/data", "tiny_reid_synthetic"): ["experiment=demo_dr50"],
+    ("hparams_search", "dr50_optuna"): ["experiment=demo_dr50"],
+}
+
+
+def companions_of(group: str, option: str) -> list[str]:
+    if group == "data" and option.startswith("reid"):
+        return ["model=dr50_demo"]
+    return COMPANIONS.get((group, option), [])
 
 
 @pytest.mark.parametrize(
     ("group", "option"), [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts]
 )
 def test_every_group_option_composes(make_config, group, option):
-    # ReID data needs a ReID model (its head widths come from the data) and vice versa.
-    companion = ["model=dr50_demo"] if group == "data" and option.startswith("reid") else []
-    cfg = make_config("train", [f"{group}={option}", *companion])
+    cfg = make_config("train", [f"{group}={option}", *companions_of(group, option)])
     # Resolving catches dangling interpolations (e.g. ${data.num_classes}).
     OmegaConf.to_container(cfg.model, resolve=True)
     OmegaConf.to_container(cfg.data, resolve=True)
     OmegaConf.to_container(cfg.trainer, resolve=True)
     assert cfg.model._target_.startswith("metareid.tasks.")
+    check_config(cfg)  # and the values that must agree do
+
+
+def test_help_lists_only_the_selectable_groups():
+    """`--help` lists the groups above, all composable; the wandb sweep files are not one."""
+    completed = subprocess.run(
+        [sys.executable, "src/train.py", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    groups_section = completed.stdout.split("== Configuration groups ==")[1]
+    groups_section = groups_section.split("== Config ==")[0]
+    listed = dict(re.findall(r"^([\w/]+): (.+)$", groups_section, flags=re.MULTILINE))
+    assert set(listed) == set(GROUP_OPTIONS)
+    assert {"debug", "debug/data"} <= set(listed) and "sweep" not in listed
+    for group, options in listed.items():
+        assert options.split(", ") == GROUP_OPTIONS[group], group
+    assert sorted(p.name for p in (REPO / "sweeps").glob("*.yaml")) == [
+        "dr50.yaml",
+        "metagait.yaml",
+    ]
+
+
+def test_debug_tiny_shrinks_a_gait_and_a_reid_run(make_config):
+    gait = make_config("train", ["debug=tiny"])
+    assert (gait.data.synthetic.num_subjects, gait.data.p, gait.data.k) == (6, 3, 2)
+    assert list(gait.model.net.channels) == [4, 8, 8] and gait.trainer.max_steps == 4
+    assert gait.trainer.accelerator == "cpu" and gait.debug.tiny_data == "casiab_synthetic"
+    check_config(gait)
+
+    reid = make_config("train", ["experiment=demo_dr50", "debug=tiny"])
+    assert reid.data.synthetic.ids_per_domain == 8 and reid.data.batch_size == 8
+    assert reid.model.net.backbone.width_mult == 0.125 and reid.model.net.head.in_channels == 256
+    assert reid.trainer.max_epochs == reid.model.scheduler.max_epochs == 2
+    assert "ids_per_domain" not in gait.data.synthetic and "num_subjects" not in reid.data.synthetic
+    check_config(reid)
+
+
+def test_debug_tiny_on_a_real_dataset_is_refused(make_config):
+    cfg = make_config("train", ["experiment=metagait_casiab", "debug=tiny"])
+    with pytest.raises(ConfigValueError, match="debug=tiny has sizes for the synthetic data only"):
+        check_config(cfg)
+
+
+def test_debug_fdr_runs_one_batch_on_any_recipe(make_config):
+    cfg = make_config("train", ["experiment=dr50_mix", "debug=fdr"])
+    assert cfg.trainer.fast_dev_run is True and cfg.trainer.max_epochs == 60  # recipe untouched
+    check_config(cfg)
 
 
 def test_eval_config_composes(make_config):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,31 +55,92 @@ class CheckpointError(ValueError):
 # ----------------------------------------------------------------------------- reading
 
 
-def load_checkpoint_file(path: str | Path, trust_pickle: bool = False) -> dict[str, Any]:
-    """Read a checkpoint with ``torch.load`` on the CPU.
+def _blocked_global(error: BaseException) -> str | None:
+    """The global a ``weights_only`` load refused, from torch's message (wording varies by
+    version: "Unsupported global: GLOBAL numpy.x was not an allowed global", "unsupported GLOBAL
+    posix.system whose module posix is blocked")."""
+    match = re.search(r"GLOBAL\s+([\w.]+)", str(error))
+    return match.group(1) if match else None
 
-    Tensors, numbers, strings and containers load with ``weights_only=True``. A file that also
-    pickles Python objects (numpy scalars, configs) needs ``trust_pickle=True``, which unpickles
-    arbitrary code: only for files from a source you trust.
+
+def _torch_load_error_reason(error: BaseException) -> str:
+    inner = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(error))
+    if inner:
+        return inner.group(1)
+    text = str(error).strip()
+    first_line = text.splitlines()[0] if text else "the file ends before the checkpoint does"
+    return f"{type(error).__name__}: {first_line}"
+
+
+def is_loadable_checkpoint(path: str | Path) -> bool:
+    """Whether ``torch.load(path, weights_only=True)`` succeeds (memory-mapped: cheap)."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception:  # any failure means "not loadable"; the caller reports the original one
+        return False
+    return True
+
+
+def newest_loadable_sibling(path: str | Path) -> Path | None:
+    """The most recently written ``*.ckpt`` next to ``path`` (itself excluded) that loads."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return None
+    siblings = [p for p in path.parent.glob("*.ckpt") if p.is_file() and p.name != path.name]
+    for candidate in sorted(siblings, key=lambda p: p.stat().st_mtime, reverse=True):
+        if is_loadable_checkpoint(candidate):
+            return candidate
+    return None
+
+
+def _sibling_hint(path: Path) -> str:
+    sibling = newest_loadable_sibling(path)
+    if sibling is None:
+        return " No loadable checkpoint lies next to it."
+    return f" The newest loadable checkpoint next to it is {sibling}: pass ckpt_path={sibling}."
+
+
+def load_checkpoint_file(
+    path: str | Path, trust_pickle: bool = False, map_location: Any = "cpu", mmap: bool = False
+) -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load`` (on the CPU unless ``map_location`` says otherwise).
+
+    The one way every entry point reads checkpoints. Tensors, numbers, strings and containers
+    load with an explicit ``weights_only=True``, which no environment variable
+    (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``) overrides. A file that also pickles Python objects
+    (numpy scalars, configs) needs ``trust_pickle=True``, which unpickles arbitrary code: only
+    for files from a source you trust. Every failure is a :class:`CheckpointError` naming the
+    file (truncated or corrupt files also name the newest loadable checkpoint next to them), or
+    ``FileNotFoundError``. ``mmap=True`` maps the tensors instead of reading them (checks).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {path} does not exist")
+        kind = "is a directory, not a checkpoint file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"Checkpoint {path} {kind}.{_sibling_hint(path)}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        # torch only memory-maps its zip format; legacy files (torch < 1.6) are read whole.
+        mmap = mmap and zipfile.is_zipfile(path)
+        checkpoint = torch.load(
+            path, map_location=map_location, weights_only=not trust_pickle, mmap=mmap
+        )
     except pickle.UnpicklingError as error:
-        blocked = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        blocked = _blocked_global(error)
         if blocked is None:
-            inner = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(error))
-            reason = inner.group(1) if inner else str(error).strip().splitlines()[0]
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+            raise CheckpointError(
+                f"{path}: not a readable PyTorch checkpoint ({_torch_load_error_reason(error)})."
+                f"{_sibling_hint(path)}"
+            ) from None
         raise CheckpointError(
-            f"{path}: holds pickled Python objects such as {blocked.group(1)} besides tensors. "
-            "If you trust the file, load it with trust_pickle=True (convert.py: --trust-pickle)."
+            f"{path}: holds pickled Python objects such as {blocked} besides tensors, refused "
+            "because unpickling them can run arbitrary code. If you trust the file's source, "
+            "load it with trust_pickle=true (src/convert.py: --trust-pickle)."
         ) from None
-    except Exception as error:  # torch.load fails with KeyError, RuntimeError... on non-checkpoints
+    except Exception as error:  # torch.load fails with EOFError, RuntimeError... on bad files
+        size = path.stat().st_size
+        state = "empty (0 bytes)" if size == 0 else f"truncated or corrupt ({size} bytes)"
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})"
+            f"{path}: not a readable PyTorch checkpoint, the file is {state} "
+            f"({_torch_load_error_reason(error)}).{_sibling_hint(path)}"
         ) from None
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(
@@ -449,22 +511,45 @@ def convert_checkpoint(
 # ----------------------------------------------------------------------------- loading ours
 
 
-def read_network_state(path: str | Path, prefix: str = NET_PREFIX) -> dict[str, Tensor]:
+def _require_lightning_format(checkpoint: Mapping[str, Any], path: str | Path) -> None:
+    if "state_dict" in checkpoint and "pytorch-lightning_version" in checkpoint:
+        return
+    hint = (
+        " It looks like an OpenGait/ACL checkpoint: convert it first with "
+        f"`python src/convert.py {{opengait,acl}} --src {path} --out <file>.ckpt`."
+        if "model" in checkpoint
+        else " metareid checkpoints come from src/train.py or src/convert.py."
+    )
+    missing = [k for k in ("state_dict", "pytorch-lightning_version") if k not in checkpoint]
+    raise CheckpointError(
+        f"{path}: not a metareid (Lightning) checkpoint, no {' / '.join(repr(k) for k in missing)} "
+        f"entry (keys: {sorted(map(str, checkpoint))[:8]}).{hint}"
+    )
+
+
+def check_fits_module(
+    path: str | Path, module: nn.Module, trust_pickle: bool = False
+) -> dict[str, Any]:
+    """Check, before Lightning restores it, that ``path`` is a metareid checkpoint whose
+    ``state_dict`` fits ``module`` (a LightningModule) key for key and shape for shape; returns
+    the checkpoint (tensors memory-mapped). Raises :class:`CheckpointError` with a short report
+    (instead of Lightning's list of every key) or the ``convert.py`` hint for foreign files."""
+    checkpoint = load_checkpoint_file(path, trust_pickle=trust_pickle, mmap=True)
+    _require_lightning_format(checkpoint, path)
+    load_state_strictly(module, checkpoint["state_dict"], str(path), load=False)
+    return checkpoint
+
+
+def read_network_state(
+    path: str | Path, prefix: str = NET_PREFIX, trust_pickle: bool = False
+) -> dict[str, Tensor]:
     """The network weights of a metareid (Lightning) checkpoint, ``prefix`` removed.
 
     A foreign checkpoint is recognised and pointed to ``src/convert.py``.
     """
-    checkpoint = load_checkpoint_file(path)
+    checkpoint = load_checkpoint_file(path, trust_pickle=trust_pickle)
     if "state_dict" not in checkpoint:
-        hint = (
-            " It looks like an OpenGait/ACL checkpoint: convert it first with "
-            f"`python src/convert.py {{opengait,acl}} --src {path} --out <file>.ckpt`."
-            if "model" in checkpoint
-            else ""
-        )
-        raise CheckpointError(
-            f"{path}: no 'state_dict' entry (keys: {sorted(checkpoint)[:8]}).{hint}"
-        )
+        _require_lightning_format(checkpoint, path)
     state = {
         key[len(prefix) :]: value
         for key, value in checkpoint["state_dict"].items()
@@ -478,8 +563,11 @@ def read_network_state(path: str | Path, prefix: str = NET_PREFIX) -> dict[str, 
     return state
 
 
-def load_state_strictly(network: nn.Module, state: Mapping[str, Tensor], origin: str) -> None:
-    """``network.load_state_dict(state, strict=True)`` with one readable error for all problems."""
+def load_state_strictly(
+    network: nn.Module, state: Mapping[str, Tensor], origin: str, load: bool = True
+) -> None:
+    """``network.load_state_dict(state, strict=True)`` with one readable error for all problems
+    (``load=False``: only the check)."""
     target = network.state_dict()
     missing = [key for key in target if key not in state]
     unexpected = [key for key in state if key not in target]
@@ -492,9 +580,11 @@ def load_state_strictly(network: nn.Module, state: Mapping[str, Tensor], origin:
         raise CheckpointError(
             f"{origin} does not fit {type(network).__name__} (was it trained with another model "
             f"config?): missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches "
-            f"(checkpoint vs network) {mismatched[:5]}"
+            f"(checkpoint vs network) {mismatched[:5]} ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(mismatched)} mismatched in all)"
         )
-    network.load_state_dict(state, strict=True)
+    if load:
+        network.load_state_dict(state, strict=True)
 
 
 def load_network_weights(network: nn.Module, path: str | Path, prefix: str = NET_PREFIX) -> None:
@@ -519,14 +609,16 @@ def with_head_sizes(net_config: Any, state: Mapping[str, Tensor] | None) -> Any:
     return filled
 
 
-def network_from_config(net_config: Any, ckpt_path: str | Path | None = None) -> nn.Module:
+def network_from_config(
+    net_config: Any, ckpt_path: str | Path | None = None, trust_pickle: bool = False
+) -> nn.Module:
     """Instantiate a Hydra ``model.net`` config and load the metareid weights of ``ckpt_path``.
 
     Without ``ckpt_path`` the network keeps its initialisation. Returned in eval mode.
     """
     import hydra
 
-    state = read_network_state(ckpt_path) if ckpt_path else None
+    state = read_network_state(ckpt_path, trust_pickle=trust_pickle) if ckpt_path else None
     network = hydra.utils.instantiate(with_head_sizes(net_config, state))
     if state is not None:
         load_state_strictly(network, state, str(ckpt_path))

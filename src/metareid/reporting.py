@@ -11,7 +11,8 @@ into ``<run dir>/report``:
 Everything here is a pure function of its arguments. Figures are built on
 ``matplotlib.figure.Figure`` with the Agg canvas, never through pyplot: reports can be written from
 any thread or process without touching the global backend of a notebook that imports this module.
-JSON files hold plain numbers; a NaN (a cell without probes or gallery) becomes ``null``.
+JSON files hold plain numbers; a NaN (a cell without probes or gallery) becomes ``null``, and
+gait tables print it as ``n/a`` with the empty cells listed under the per-view table.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ __all__ = [
     "plot_cmc",
     "plot_retrieval_examples",
     "reid_markdown",
+    "run_title",
     "to_jsonable",
     "write_gait_report",
     "write_reid_report",
@@ -51,14 +54,15 @@ REPORT_DIRNAME = "report"
 # Row order of the ``acc``/``per_view`` tensors of CasiaBIdentification (same as its CONDITIONS);
 # repeated here so that writing a report does not import the evaluation stack.
 GAIT_CONDITIONS: tuple[str, ...] = ("NM", "BG", "CL")
-# (column title, result key) of the ReID tables, in the order fast-reid prints them.
+# (column title, result key) of the ReID tables, in the order fast-reid prints them; fast-reid's
+# "metric" is the average of mAP and rank-1, which its bare name does not say.
 REID_METRICS: tuple[tuple[str, str], ...] = (
     ("Rank-1", "rank1"),
     ("Rank-5", "rank5"),
     ("Rank-10", "rank10"),
     ("mAP", "mAP"),
     ("mINP", "mINP"),
-    ("metric", "metric"),
+    ("metric = (mAP + R1) / 2", "metric"),
 )
 # Cell values are written into the heatmap only while they stay legible.
 MAX_ANNOTATED_VIEWS = 14
@@ -99,9 +103,14 @@ def _as_float(value: Any) -> float:
     return float(np.asarray(to_jsonable(value), dtype=float))
 
 
-def _number(value: Any) -> str:
+def _number(value: Any, missing: str = "-") -> str:
     number = _as_float(value)
-    return "-" if math.isnan(number) else f"{number:.2f}"
+    return missing if math.isnan(number) else f"{number:.2f}"
+
+
+def _gait_number(value: Any) -> str:
+    """A gait table value; NaN means no probe or no gallery sequence behind it: ``n/a``."""
+    return _number(value, missing="n/a")
 
 
 def _is_scalar(value: Any) -> bool:
@@ -121,6 +130,17 @@ def markdown_table(
     rule = ["---:" if column >= align_right_from else "---" for column in range(len(header))]
     lines = [header, rule, *rows]
     return "\n".join("| " + " | ".join(str(cell) for cell in line) + " |" for line in lines)
+
+
+def run_title(metadata: Mapping[str, Any] | None) -> str | None:
+    """The title of a run's figures: its task name and the weights evaluated (a checkpoint's file
+    name, or e.g. ``"end of training"``), joined by `` · ``; ``None`` without either."""
+    metadata = metadata or {}
+    weights = metadata.get("ckpt_path") or metadata.get("weights")
+    if weights is not None and str(weights).endswith(".ckpt"):
+        weights = Path(str(weights)).name
+    parts = [str(part) for part in (metadata.get("task_name"), weights) if part]
+    return " · ".join(parts) or None
 
 
 def _metadata_lines(metadata: Mapping[str, Any] | None) -> list[str]:
@@ -176,13 +196,49 @@ def _nanmean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else math.nan
 
 
+def _empty_cell_lines(
+    result: Mapping[str, Any], acc: np.ndarray | None, conditions: Sequence[str]
+) -> list[str]:
+    """The "Empty cells" section: what ``result["empty_cells"]`` names (probe cells, gallery
+    views, absent views), or, for results without that entry, the NaN cells of ``acc``."""
+    empty = result.get("empty_cells")
+    if empty is None and acc is not None and np.isnan(acc).any():
+        views = _gait_views(result, acc)
+        cells = [
+            f"{conditions[c]} {views[probe]} → {views[gallery]}"
+            for c, probe, gallery in zip(*np.nonzero(np.isnan(acc)), strict=True)
+        ]
+        empty = {"na_cells": len(cells), "cells": acc.size, "listed": cells}
+    if not empty or not (empty.get("na_cells") or empty.get("absent_views")):
+        return []
+    lines = ["## Empty cells (n/a)", ""]
+    if empty.get("na_cells"):
+        lines += [
+            f"{empty['na_cells']} of {empty.get('cells', 0)} probe view × gallery view cells "
+            "have no probe or no gallery sequence; the means above average the remaining cells.",
+            "",
+        ]
+    if empty.get("probe"):
+        cells = ", ".join(f"{name} at {view}" for name, view in empty["probe"])
+        lines.append(f"- no probe sequence (condition at probe view): {cells}")
+    if empty.get("gallery"):
+        lines.append(f"- no gallery sequence at view: {', '.join(empty['gallery'])}")
+    if empty.get("absent_views"):
+        lines.append(f"- views absent from the test data: {', '.join(empty['absent_views'])}")
+    if empty.get("listed"):
+        lines.append(f"- cells (condition probe → gallery): {', '.join(empty['listed'])}")
+    return [*lines, ""]
+
+
 def gait_markdown(result: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> str:
     """Markdown report of a gait evaluation result (``CasiaBIdentification.compute()`` layout).
 
     Sections: rank-1 per condition (exclude / include identical-view means, and ``Mean``), the
-    exclude-identical-view rank-1 of every probe view (``per_view [C, V]``), then one probe view ×
+    exclude-identical-view rank-1 of every probe view (``per_view [C, V]``), the empty cells
+    (``empty_cells``, or the NaN cells of ``acc``) when there are any, then one probe view ×
     gallery view table per condition (``acc [C, V, V]``); sections whose entries are absent are
-    left out, and scalar entries of other evaluators are listed under "Other metrics".
+    left out, and scalar entries of other evaluators are listed under "Other metrics". Values
+    without any non-empty cell behind them read ``n/a``.
     """
     lines = ["# Gait evaluation", *_metadata_lines(metadata), ""]
     per_view = _gait_matrix(result, "per_view", 2)
@@ -195,11 +251,15 @@ def gait_markdown(result: Mapping[str, Any], metadata: Mapping[str, Any] | None 
     for name in conditions:
         if name in result or f"{name}_include" in result:
             summary.append(
-                [name, _number(result.get(name)), _number(result.get(f"{name}_include"))]
+                [
+                    name,
+                    _gait_number(result.get(name)),
+                    _gait_number(result.get(f"{name}_include")),
+                ]
             )
             shown |= {name, f"{name}_include"}
     if "Mean" in result:
-        summary.append(["Mean", _number(result["Mean"]), "-"])
+        summary.append(["Mean", _gait_number(result["Mean"]), "-"])
         shown.add("Mean")
     if summary:
         header = ["Condition", "Exclude identical-view", "Include identical-view"]
@@ -213,15 +273,16 @@ def gait_markdown(result: Mapping[str, Any], metadata: Mapping[str, Any] | None 
                 f"lists {len(views)}"
             )
         table = [
-            [name, *(_number(x) for x in row), _number(_nanmean(row))]
+            [name, *(_gait_number(x) for x in row), _gait_number(_nanmean(row))]
             for name, row in zip(conditions, per_view, strict=True)
         ]
         lines += ["## Rank-1 per probe view, exclude identical-view (%)", ""]
         lines += [markdown_table(["Condition", *views, "Mean"], table), ""]
+    lines += _empty_cell_lines(result, acc, conditions)
     if acc is not None:
         for name, matrix in zip(conditions, acc, strict=True):
             table = [
-                [probe, *(_number(x) for x in row)]
+                [probe, *(_gait_number(x) for x in row)]
                 for probe, row in zip(views, matrix, strict=True)
             ]
             lines += [f"## {name}: probe view (rows) × gallery view (columns), rank-1 (%)", ""]
@@ -326,7 +387,8 @@ def write_gait_report(
     files["markdown"].write_text(gait_markdown(result, metadata))
     _write_json(files["json"], payload)
     if result.get("acc") is not None:
-        files["heatmap"] = _save_figure(plot_casiab_heatmap(result), out_dir / "gait_heatmap.png")
+        heatmap = plot_casiab_heatmap(result, title=run_title(metadata))
+        files["heatmap"] = _save_figure(heatmap, out_dir / "gait_heatmap.png")
     return files
 
 
@@ -365,17 +427,28 @@ def reid_markdown(
         rows.append(["Mean", *(_number(mean[key]) for _, key in REID_METRICS), "-"])
     lines = ["# ReID evaluation", *_metadata_lines(metadata), ""]
     lines += ["## Retrieval (%)", "", markdown_table(header, rows)]
+    topk = sorted({int(_as_float(m["map_topk"])) for m in results.values() if "map_topk" in m})
+    if topk:  # model.retrieval=faiss (metareid.evaluation.topk)
+        lines += [
+            "",
+            f"mAP is mAP@{topk[0]}: top-{topk[0]} retrieval (model.retrieval=faiss), true matches "
+            "ranked lower count as missed (a lower bound of the full mAP); mINP is `-` unless "
+            "every match is in the top k.",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def plot_cmc(
     results: Mapping[str, Mapping[str, Any]], max_rank: int | None = None, title: str = "CMC"
 ) -> Figure:
-    """CMC curves (matching rate in % against rank), one per target.
+    """CMC curves (matching rate in % against rank), one per target, on integer rank ticks.
 
     Args:
         results: ``{target: {"cmc": [R] percentages, "rank1", "mAP", ...}}`` (tensors, arrays or
-            lists, e.g. read back from ``reid_results.json``).
+            lists, e.g. read back from ``reid_results.json``). A target's curve stops at its
+            gallery size when the result gives it (``num_gallery``, or ``sizes["gallery"]``):
+            evaluators pad the curve to a fixed length, and ranks past the last gallery item
+            mean nothing.
         max_rank: plot ranks ``1..max_rank`` only (default: the whole curve).
         title: axes title.
     """
@@ -390,6 +463,9 @@ def plot_cmc(
                 f"ReID result of target {name!r} has no 'cmc' curve (keys: {sorted(metrics)})"
             )
         cmc = np.asarray(to_jsonable(metrics["cmc"]), dtype=float).reshape(-1)[:max_rank]
+        gallery_size = _gallery_size(metrics)
+        if gallery_size is not None:
+            cmc = cmc[:gallery_size]
         ranks = np.arange(1, len(cmc) + 1)
         label = f"{name} (R1 {_number(metrics.get('rank1'))}, mAP {_number(metrics.get('mAP'))})"
         axis.plot(ranks, cmc, marker="o" if len(cmc) <= 20 else None, markersize=3, label=label)
@@ -397,10 +473,19 @@ def plot_cmc(
     axis.set_ylabel("matching rate (%)")
     axis.set_ylim(0, 101)
     axis.set_xlim(left=1)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right", fontsize=8)
     axis.set_title(title)
     return figure
+
+
+def _gallery_size(metrics: Mapping[str, Any]) -> int | None:
+    """The gallery size a result states (``num_gallery`` or ``sizes["gallery"]``), else None."""
+    size = metrics.get("num_gallery")
+    if size is None and isinstance(metrics.get("sizes"), Mapping):
+        size = metrics["sizes"].get("gallery")
+    return None if size is None else int(_as_float(size))
 
 
 def write_reid_report(
@@ -434,7 +519,9 @@ def write_reid_report(
     }
     files["markdown"].write_text(reid_markdown(results, metadata))
     _write_json(files["json"], payload)
-    files["cmc"] = _save_figure(plot_cmc(results), out_dir / "reid_cmc.png")
+    title = run_title(metadata)
+    cmc = plot_cmc(results, title=f"CMC · {title}" if title else "CMC")
+    files["cmc"] = _save_figure(cmc, out_dir / "reid_cmc.png")
     return files
 
 

@@ -90,9 +90,8 @@ def test_epoch_driven_description_counts_epochs_from_one(tmp_path):
 def test_disabled_progress_bar_drops_the_default_bar_callback(make_config, synthetic_gait_root):
     # The default callbacks include the rich bar; Lightning refuses it with the bar disabled.
     overrides = [o for o in TINY_GAIT if not o.startswith("trainer.enable_progress_bar")]
-    cfg = make_config(
-        "train", [*overrides, f"data.root={synthetic_gait_root}", "trainer.enable_progress_bar=false"]
-    )
+    overrides += [f"data.root={synthetic_gait_root}", "trainer.enable_progress_bar=false"]
+    cfg = make_config("train", overrides)
     assert "rich_progress_bar" in cfg.callbacks
     _, _, trainer = build_run(cfg)
     assert not any(isinstance(c, ProgressBar) for c in trainer.callbacks)

@@ -153,14 +153,13 @@ def test_hand_built_full_protocol(metric):
     assert result["Mean"] == pytest.approx((100 + 1050 / 11 + 700 / 11) / 3)
 
 
+def drop_gallery_072_and_cl_126(subject, type_name, view):
+    return (type_name in GALLERY_TYPES and view == 4) or (type_name.startswith("cl") and view == 7)
+
+
 def test_missing_cells_are_nan_and_skipped_by_the_means():
     # No gallery at view 4 (a NaN column in every condition) and no CL probe at view 7.
-    def drop(subject, type_name, view):
-        return (type_name in GALLERY_TYPES and view == 4) or (
-            type_name.startswith("cl") and view == 7
-        )
-
-    result = run_metric(hand_built_set(drop=drop))
+    result = run_metric(hand_built_set(drop=drop_gallery_072_and_cl_126))
     views = ALL_VIEWS
     acc = [
         [
@@ -178,6 +177,41 @@ def test_missing_cells_are_nan_and_skipped_by_the_means():
     assert not math.isnan(result["CL"])
     # CL probe view 3: right against the 9 unshifted galleries minus views 3 and 4 -> 7 of 9.
     assert result["per_view"][2, 3].item() == pytest.approx(700 / 9)
+    # Written out: CL averages 10 probe views; NM and BG still 11.
+    assert result["CL"] == pytest.approx(nan_mean(result["per_view"][2].tolist()))
+    assert result["NM"] == 100.0 and torch.isfinite(result["per_view"][:2]).all()
+    # 3 sets x 11 probe views of the empty gallery column, plus 10 more cells of the CL row.
+    assert result["empty_cells"] == {
+        "probe": [["CL", "126"]],
+        "gallery": ["072"],
+        "absent_views": [],
+        "na_cells": 33 + 10,
+        "cells": 363,
+    }
+
+
+def test_incomplete_test_set_logs_a_warning_with_the_counts(caplog):
+    with caplog.at_level("WARNING", logger="metareid.evaluation.casiab"):
+        run_metric(hand_built_set(drop=drop_gallery_072_and_cl_126))
+    assert [record.getMessage() for record in caplog.records] == [
+        "CasiaBIdentification: incomplete test set, 43 of 363 view-pair cells are n/a: no probe "
+        "sequence for CL@126; no gallery sequence at view 072. The means average the remaining "
+        "cells (n/a in the tables); strict=true stops instead."
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="metareid.evaluation.casiab"):
+        result = run_metric(hand_built_set())
+    assert not caplog.records
+    assert result["empty_cells"]["na_cells"] == 0
+
+
+def test_strict_raises_naming_the_empty_cells_and_absent_views():
+    with pytest.raises(ValueError, match=r"no probe sequence for CL@126; no gallery .* view 072"):
+        run_metric(hand_built_set(drop=drop_gallery_072_and_cl_126), strict=True)
+    absent = r"incomplete test set, views absent from the data: 018, 036, 054, 072, 108"
+    with pytest.raises(ValueError, match=absent):
+        run_metric(hand_built_set(views=(0, 5, 10)), strict=True)
+    assert run_metric(hand_built_set(), strict=True)["empty_cells"]["na_cells"] == 0
 
 
 def test_subset_of_views():
@@ -330,9 +364,10 @@ def test_format_table():
     assert lines[5].split() == ["view", *VIEWS, "mean"]
     cl_row = lines[8].split()
     assert cl_row[:4] == ["CL:", "10.00", "20.00", "20.00"]
-    assert cl_row[8] == "-"  # probe view 7 has no CL probe
+    assert cl_row[8] == "n/a"  # probe view 7 has no CL probe
     # Columns line up: every table row has the header's width.
     assert len({len(line) for line in lines[5:9]}) == 1
+    assert lines[9:] == ["n/a: 11 of 363 view-pair cells are n/a: no probe sequence for CL@126"]
 
 
 def test_part_distances_against_loops():

@@ -91,7 +91,20 @@ def test_oumvlp_hand_built_protocol():
     assert result["NM_include"] == pytest.approx(
         (13 * (11 * 100 + 2 * 33.33) + (11 * 100)) / (14 * 13)
     )
-    assert set(result) == {"NM", "Mean", "NM_include", "acc", "per_view", "views", "conditions"}
+    assert set(result) == {
+        "NM", "Mean", "NM_include", "acc", "per_view", "views", "conditions", "empty_cells"
+    }  # fmt: skip
+    # Probe view 5 lacks one subject only: not an empty cell.
+    assert result["empty_cells"] == {
+        "probe": [], "gallery": ["180"], "absent_views": [], "na_cells": 14, "cells": 196
+    }  # fmt: skip
+
+
+def test_oumvlp_strict_names_the_empty_gallery_view():
+    metric = OUMVLPIdentification(strict=True)
+    metric.update(*oumvlp_hand_set())
+    with pytest.raises(ValueError, match="14 of 196 .* no gallery sequence at view 180"):
+        metric.compute()
 
 
 def test_oumvlp_table_has_one_row_and_no_mean():
@@ -103,7 +116,8 @@ def test_oumvlp_table_has_one_row_and_no_mean():
     assert lines[5].split()[1:4] == ["000", "015", "030"] and len(lines[5].split()) == 16
     nm_row = lines[6].split()
     assert nm_row[0] == "NM:" and nm_row[6] == "83.33"  # probe view 5 = 1000 / 12
-    assert len(lines) == 7 and len(lines[5]) == len(lines[6])
+    assert len(lines[5]) == len(lines[6])
+    assert lines[7:] == ["n/a: 14 of 196 view-pair cells are n/a: no gallery sequence at view 180"]
 
 
 def test_oumvlp_rejects_casiab_indices():
@@ -225,17 +239,27 @@ def test_grew_rounding_and_cosine():
     assert cosine.compute()["cmc"].tolist() == [33.33, 66.67]
 
 
-def test_grew_without_probes_is_nan_and_bad_input_is_rejected():
+def test_grew_without_probes_is_nan_and_bad_input_is_rejected(caplog):
     metric = GREWIdentification(ranks=(1, 5))
     embeddings, subjects, type_index, view_index = grew_hand_set()
     keep = type_index != GREW_TYPE["02"]
-    metric.update(embeddings[keep], subjects[keep], type_index[keep], view_index[keep])
-    result = metric.compute()
+    without_probes = (embeddings[keep], subjects[keep], type_index[keep], view_index[keep])
+    metric.update(*without_probes)
+    with caplog.at_level("WARNING", logger="metareid.evaluation.grew"):
+        result = metric.compute()
     assert math.isnan(result["Rank-1"]) and math.isnan(result["Rank-5"])
+    assert [record.getMessage() for record in caplog.records] == [
+        "GREWIdentification: incomplete test set, 0 probe sequences (types 02) and 6 gallery "
+        "sequences (types 01); every rank-k accuracy is n/a; strict=true stops instead."
+    ]
     assert format_rank_table(result).splitlines() == [
         "===Rank-k (0 probes, 6 gallery sequences)===",
-        "Rank-1: -, Rank-5: -",
+        "Rank-1: n/a, Rank-5: n/a",
     ]
+    strict = GREWIdentification(ranks=(1, 5), strict=True)
+    strict.update(*without_probes)
+    with pytest.raises(ValueError, match="0 probe sequences .* every rank-k accuracy is n/a"):
+        strict.compute()
     with pytest.raises(ValueError, match="type_index must index"):
         metric.update(torch.zeros(1, 1, 1), torch.tensor([0]), torch.tensor([4]), torch.tensor([0]))
     with pytest.raises(ValueError, match="ranks must be positive"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from pathlib import Path
 
@@ -184,7 +185,7 @@ def test_command_line_prepare_and_check_exit_codes(casiab_raw, casiab_partition_
         main(["casiab", "--raw", str(casiab_raw), "--out", str(out), "--link", "copy"])
 
 
-def test_prepared_tree_feeds_model_metagait_data_casiab(casiab_raw, tmp_path):
+def test_prepared_tree_feeds_model_metagait_data_casiab(casiab_raw, tmp_path, caplog):
     """prepare -> `python src/train.py model=metagait data=casiab data.root=...` data path."""
     import hydra
 
@@ -198,7 +199,6 @@ def test_prepared_tree_feeds_model_metagait_data_casiab(casiab_raw, tmp_path):
             "model=metagait",
             "data=casiab",
             f"data.root={out}",
-            f"data.partition_file={out / 'partition.json'}",
             "data.num_classes=2",
             "data.p=2",
             "data.k=2",
@@ -206,9 +206,69 @@ def test_prepared_tree_feeds_model_metagait_data_casiab(casiab_raw, tmp_path):
         ],
         tmp_path / "run",
     )
+    # data=casiab takes the tree's partition.json (written by prepare) without an override.
+    assert cfg.data.partition_file is None
     datamodule = hydra.utils.instantiate(cfg.data, seed=0)
-    datamodule.setup("fit")
+    with caplog.at_level(logging.INFO, logger="metareid.data.gait.datamodule"):
+        datamodule.setup("fit")
+    assert f"partition {out / 'partition.json'} (the tree's own partition.json)" in caplog.text
+    assert datamodule.train_set.partition_file == out / "partition.json"
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["sils"].shape == (4, 30, 64, 44)  # 3-frame clips wrap around to 30
     test_batch = next(iter(datamodule.test_dataloader()))
     assert test_batch["seq_lens"].tolist() == [3] * len(test_batch["seq_lens"])
+
+
+def test_packed_store_from_prepare_pack_and_check(casiab_raw, casiab_partition_file, tmp_path):
+    from metareid.data.gait.casiab import CasiaBDataset
+    from metareid.data.gait.packed import packed_dir, read_packed_index
+
+    out = tmp_path / "pkl"
+    common = ["--workers", "1", "--no-progress"]
+    prepare = ["casiab", "--raw", str(casiab_raw), "--out", str(out)]
+    assert main([*prepare, "--partition", str(casiab_partition_file), "--packed", *common]) == 0
+    index = read_packed_index(packed_dir(out))
+    assert len(index.lengths) == SEQUENCES - 1 and index.frame_shape == (64, 44)
+    packed = CasiaBDataset(out, partition_file=out / "partition.json", split="train", format="auto")
+    assert packed.format == "packed" and len(packed) == 8
+    pkl_frames = CasiaBDataset(out, partition_file=out / "partition.json", format="pkl").load(0)
+    assert np.array_equal(packed.load(0), pkl_frames[:, :, 10:54])
+    # The store is not mistaken for a subject folder, and it is checked against the partition.
+    assert main(["casiab", "--check", str(out), "--expect", "manifest", *common]) == 0
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps({"TRAIN_SET": ["001", "002"], "TEST_SET": ["003", "009"]}))
+    report = check_casiab(out, partition=stale, expect="none", show_progress=False)
+    assert any("not in the packed store" in p.message for p in report.problems)
+    # A tree changed after packing: the store's counts no longer match.
+    (out / "002" / "nm-02" / "000" / "000.pkl").unlink()
+    changed = check_casiab(out, expect="none", show_progress=False)
+    assert {(c.name, c.found, c.expected) for c in changed.mismatches} == {
+        ("packed train_sequences", 8, 7)
+    }
+    # --pack rebuilds the store of an existing tree.
+    (packed_dir(out) / "frames.uint8").write_bytes(b"")
+    assert main(["casiab", "--pack", str(out), *common]) == 0
+    assert len(read_packed_index(packed_dir(out)).lengths) == SEQUENCES - 2
+    assert not check_casiab(out, expect="none", show_progress=False).mismatches
+
+
+def test_check_refuses_a_malicious_pkl_without_running_it(casiab_raw, tmp_path):
+    out = tmp_path / "pkl"
+    prepare_casiab(casiab_raw, out, partition=CASIAB_PARTITION, show_progress=False)
+    marker = tmp_path / "pwned"
+    target = out / "001" / "nm-01" / "000" / "000.pkl"
+    target.write_bytes(pickle.dumps(RunsAShellCommand(f"touch {marker}")))
+    report = check_casiab(out, expect="none", show_progress=False)
+    assert [p.path for p in report.problems] == [str(target)]
+    assert "posix.system" in report.problems[0].message
+    assert not marker.exists()
+
+
+class RunsAShellCommand:
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))

@@ -6,6 +6,7 @@ import json
 import pickle
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from raw_releases import silhouette
@@ -86,15 +87,19 @@ def test_grew_keeps_frames_and_uses_opengait_folder_names(grew_raw, tmp_path):
 
 
 # --------------------------------------------------------------------------- prepare → check → load
-def test_prepared_oumvlp_is_checked_and_loaded_for_training_and_evaluation(oumvlp_raw, tmp_path):
+@pytest.mark.parametrize("packed", [False, True], ids=["pkl", "packed"])
+def test_prepared_oumvlp_is_checked_and_loaded_for_training_and_evaluation(
+    oumvlp_raw, tmp_path, packed
+):
     out = tmp_path / "oumvlp"
     partition = {"TRAIN_SET": ["00001"], "TEST_SET": ["00002"]}
-    prepare_oumvlp(oumvlp_raw, out, partition=partition, **QUIET)
+    prepare_oumvlp(oumvlp_raw, out, partition=partition, **QUIET, packed=packed)
     assert check_oumvlp(out, expect="manifest", **QUIET).ok
     datamodule = GaitDataModule(
         str(out), layout="oumvlp", num_classes=1, p=1, k=4, frames_num_fixed=3, num_workers=0
     )
     datamodule.setup("fit")  # partition.json of the prepared tree, every pkl unpickled
+    assert datamodule.train_set.format == ("packed" if packed else "pkl")
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["sils"].shape == (4, 3, 64, 44) and batch["labels"].tolist() == [0, 0, 0, 0]
     test_batch = next(iter(datamodule.test_dataloader()))
@@ -118,15 +123,19 @@ def test_prepared_oumvlp_is_checked_and_loaded_for_training_and_evaluation(oumvl
     assert metric.compute()["acc"].tolist() == [[[100.0, 100.0], [100.0, 100.0]]]
 
 
-def test_prepared_grew_is_checked_and_loaded_for_training_and_evaluation(grew_raw, tmp_path):
+@pytest.mark.parametrize("packed", [False, True], ids=["pkl", "packed"])
+def test_prepared_grew_is_checked_and_loaded_for_training_and_evaluation(
+    grew_raw, tmp_path, packed
+):
     out = tmp_path / "grew"
     partition = {"TRAIN_SET": ["00001train", "00002train"], "TEST_SET": ["00001", "probe"]}
-    prepare_grew(grew_raw, out, partition=partition, **QUIET)
+    prepare_grew(grew_raw, out, partition=partition, **QUIET, packed=packed)
     assert check_grew(out, expect="manifest", **QUIET).ok
     datamodule = GaitDataModule(
         str(out), layout="grew", num_classes=2, p=2, k=2, frames_num_fixed=2, num_workers=0
     )
     datamodule.setup("fit")
+    assert datamodule.train_set.format == ("packed" if packed else "pkl")
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["sils"].shape == (4, 2, 64, 44)  # 64-wide released frames, cut like CASIA-B
     assert sorted(batch["labels"].tolist()) == [0, 0, 1, 1]

@@ -1,4 +1,5 @@
-"""The notebooks (jupytext percent scripts) run top to bottom in quick mode and save figures."""
+"""The notebooks (jupytext percent scripts) run top to bottom in quick mode and save figures, as
+scripts and, with the ipykernel and nbconvert of requirements.txt, in a Jupyter kernel."""
 
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ EXPECTED = {
 }
 
 
-def run_notebook(name: str, out_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
-    env = {
+def quick_mode_env(out_dir: Path) -> dict[str, str]:
+    return {
         **os.environ,
         "METAREID_NOTEBOOK_QUICK": "1",
         "METAREID_NOTEBOOK_OUT": str(out_dir),
@@ -42,6 +43,10 @@ def run_notebook(name: str, out_dir: Path, cwd: Path) -> subprocess.CompletedPro
         "MPLBACKEND": "Agg",
         "OMP_NUM_THREADS": "1",
     }
+
+
+def run_notebook(name: str, out_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
+    env = quick_mode_env(out_dir)
     return subprocess.run(
         [sys.executable, str(NOTEBOOKS / f"{name}.py")],
         cwd=cwd,
@@ -79,3 +84,29 @@ def test_notebook_converts_to_ipynb(name):
     kinds = [cell.cell_type for cell in notebook.cells]
     assert kinds[0] == "markdown" and kinds.count("code") >= 4 and kinds.count("markdown") >= 3
     nbformat.validate(nbformat.reads(jupytext.writes(notebook, fmt="ipynb"), as_version=4))
+
+
+def test_a_notebook_executes_in_a_jupyter_kernel(tmp_path):
+    """`jupytext --execute` (nbconvert executor, ipykernel kernel) runs 02 and keeps its outputs."""
+    executed = tmp_path / "02_models.ipynb"
+    completed = subprocess.run(
+        [sys.executable, "-m", "jupytext", "--to", "ipynb", "--execute"]
+        + [str(NOTEBOOKS / "02_models.py"), "-o", str(executed)],
+        cwd=tmp_path,
+        env=quick_mode_env(tmp_path / "out"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-5000:]
+    notebook = nbformat.read(executed, as_version=4)
+    printed = "".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.output_type == "stream"
+    )
+    figures, marker = EXPECTED["02_models"]
+    assert re.search(marker, printed), marker
+    assert all((tmp_path / "out" / figure).is_file() for figure in figures)

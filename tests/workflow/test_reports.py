@@ -123,8 +123,63 @@ def test_gait_markdown_tables_hold_the_result_numbers():
     assert per_view["BG"] == ["20.00", "30.00", "25.00"]
     nm = table_rows(markdown, "## NM: probe view (rows) × gallery view (columns), rank-1 (%)")
     assert nm["000"] == ["100.00", "50.00"]
-    assert nm["090"] == ["25.00", "-"]  # the NaN cell
+    assert nm["090"] == ["25.00", "n/a"]  # the NaN cell
     assert "Other metrics" not in markdown
+    # A result without an `empty_cells` entry: its NaN cells are listed from `acc`.
+    assert "- cells (condition probe → gallery): NM 090 → 090" in markdown.splitlines()
+
+
+def evaluated_incomplete_set() -> dict:
+    """CasiaBIdentification over views 000/018/036, two subjects: no gallery sequence at 018,
+    no CL probe at 036."""
+    from metareid.evaluation.casiab import GALLERY_TYPES, TYPES, CasiaBIdentification
+
+    rows = [
+        (subject, type_id, view)
+        for subject in range(2)
+        for type_id, name in enumerate(TYPES)
+        for view in range(3)
+        if not (name in GALLERY_TYPES and view == 1) and not (name.startswith("cl") and view == 2)
+    ]
+    metric = CasiaBIdentification()
+    metric.update(
+        torch.stack([torch.eye(2)[subject][None] for subject, _, _ in rows]),
+        torch.tensor([subject for subject, _, _ in rows]),
+        torch.tensor([type_id for _, type_id, _ in rows]),
+        torch.tensor([view for _, _, view in rows]),
+    )
+    return metric.compute()
+
+
+def test_gait_report_prints_and_lists_the_empty_cells(tmp_path):
+    files = write_gait_report(evaluated_incomplete_set(), tmp_path)
+
+    markdown = files["markdown"].read_text()
+    per_view = table_rows(markdown, "## Rank-1 per probe view, exclude identical-view (%)")
+    # Probe view 000 averages gallery 036 only (018 is empty); CL has no probe at 036.
+    assert per_view["NM"] == ["100.00", "100.00", "100.00", "100.00"]
+    assert per_view["CL"] == ["100.00", "100.00", "n/a", "100.00"]
+    cl = table_rows(markdown, "## CL: probe view (rows) × gallery view (columns), rank-1 (%)")
+    assert cl["036"] == ["n/a", "n/a", "n/a"] and cl["000"] == ["100.00", "n/a", "100.00"]
+    lines = markdown.splitlines()
+    section = lines[lines.index("## Empty cells (n/a)") + 2 :]
+    assert section[:5] == [
+        "11 of 27 probe view × gallery view cells have no probe or no gallery sequence; the "
+        "means above average the remaining cells.",
+        "",
+        "- no probe sequence (condition at probe view): CL at 036",
+        "- no gallery sequence at view: 018",
+        "- views absent from the test data: 054, 072, 090, 108, 126, 144, 162, 180",
+    ]
+    stored = json.loads(files["json"].read_text())
+    assert stored["empty_cells"] == {
+        "probe": [["CL", "036"]],
+        "gallery": ["018"],
+        "absent_views": ["054", "072", "090", "108", "126", "144", "162", "180"],
+        "na_cells": 11,
+        "cells": 27,
+    }
+    assert stored["acc"][2][2] == [None, None, None] and stored["per_view"][2][2] is None
 
 
 def test_gait_report_json_round_trips_and_nan_becomes_null(tmp_path):
@@ -209,7 +264,9 @@ def test_gait_report_of_another_evaluator_lists_its_metrics(tmp_path):
 def test_reid_markdown_rows_queries_and_mean():
     rows = table_rows(reid_markdown(reid_results()), "## Retrieval (%)")
 
-    assert rows["Target"] == ["Rank-1", "Rank-5", "Rank-10", "mAP", "mINP", "metric", "Queries"]
+    assert rows["Target"] == [
+        "Rank-1", "Rank-5", "Rank-10", "mAP", "mINP", "metric = (mAP + R1) / 2", "Queries"
+    ]  # fmt: skip
     assert rows["synD"] == ["50.00", "75.00", "100.00", "60.00", "40.00", "55.00", "8"]
     assert rows["synE"] == ["30.00", "70.00", "90.00", "20.00", "10.00", "25.00", "4"]
     # Unweighted mean over targets: (50 + 30) / 2, (60 + 20) / 2, ...
@@ -244,6 +301,47 @@ def test_cmc_curves_start_at_rank_one_and_are_labelled():
     assert first.get_ydata().tolist() == [50.0] * 4 + [100.0] * 6
     labels = [text.get_text() for text in axis.get_legend().get_texts()]
     assert labels == ["synD (R1 50.00, mAP 60.00)", "synE (R1 30.00, mAP 20.00)"]
+
+
+def test_cmc_stops_at_the_gallery_size_on_integer_ticks():
+    results = reid_results()
+    results["synD"]["num_gallery"] = torch.tensor(7)  # the evaluator's 50-rank curve is padded
+    results["synE"]["sizes"] = {"gallery": 3}  # the GREW-style spelling
+    figure = plot_cmc(results)
+
+    (axis,) = figure.axes
+    first, second = axis.get_lines()
+    assert first.get_xdata().tolist() == list(range(1, 8))
+    assert second.get_xdata().tolist() == [1, 2, 3]
+    # Three ranks: matplotlib's default locator would put ticks at 1.25, 1.5, ...
+    (axis,) = plot_cmc({"synE": results["synE"]}).axes
+    axis.figure.canvas.draw()
+    ticks = [tick for tick in axis.get_xticks() if 1 <= tick <= 3]
+    assert ticks == [1.0, 2.0, 3.0]
+    # Without a stated gallery size the whole curve is drawn.
+    (axis,) = plot_cmc(reid_results()).axes
+    assert len(axis.get_lines()[0].get_xdata()) == 50
+
+
+def test_report_figures_carry_the_run_title(tmp_path, monkeypatch):
+    import metareid.reporting as reporting
+
+    assert reporting.run_title({"task_name": "eval", "ckpt_path": "/runs/x/last.ckpt"}) == (
+        "eval · last.ckpt"
+    )
+    assert reporting.run_title({"task_name": "demo", "weights": "end of training"}) == (
+        "demo · end of training"
+    )
+    assert reporting.run_title({"data": "x"}) is None
+    figures = {}
+    monkeypatch.setattr(
+        reporting, "_save_figure", lambda figure, path: figures.setdefault(path.name, figure)
+    )
+    metadata = {"task_name": "eval", "ckpt_path": "run/step_000400.ckpt"}
+    write_gait_report(gait_result(), tmp_path, metadata=metadata)
+    write_reid_report(reid_results(), tmp_path, metadata=metadata)
+    assert figures["gait_heatmap.png"].get_suptitle() == "eval · step_000400.ckpt"
+    assert figures["reid_cmc.png"].axes[0].get_title() == "CMC · eval · step_000400.ckpt"
 
 
 def test_cmc_needs_a_curve_per_target():

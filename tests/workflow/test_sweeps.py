@@ -24,7 +24,8 @@ from train import train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-SWEEP_FILES = sorted((CONF / "sweep").glob("*.yaml"))
+# wandb sweep files live outside conf/: they are not Hydra configs (nor a selectable group).
+SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
 SEARCH_FILES = sorted((CONF / "hparams_search").glob("*.yaml"))
 
 SWEEP_KEYS = {"project", "entity", "name", "description", "program", "method", "metric"}
@@ -39,8 +40,8 @@ DEMO_OF = {"metagait_casiab": "demo_metagait", "dr50_mix": "demo_dr50"}
 SWEEP_REID = [
     *(o for o in TINY_REID if not o.startswith("experiment=")),
     "model.initial_basic_steps=1",
-    # Iteration 0 (basic + meta step) and one more basic step: global_step counts both optimisers.
-    "trainer.max_steps=3",
+    # Iteration 0 (basic + meta step) and iteration 1 (basic step): max_steps counts iterations.
+    "trainer.max_steps=2",
 ]
 
 
@@ -200,7 +201,7 @@ def test_sweep_file_is_valid_and_its_command_lines_compose(path, tmp_path):
 
 def test_gait_sweep_command_line_runs_like_the_agent_would(synthetic_gait_root, tmp_path):
     """The first sampled point, as a real subprocess: argv exactly as the agent builds it."""
-    _, command_lines, points = sampled_command_lines(CONF / "sweep" / "metagait.yaml")
+    _, command_lines, points = sampled_command_lines(REPO / "sweeps" / "metagait.yaml")
     argv = command_lines[0]
     demo = on_the_demo(overrides_of(argv), synthetic_gait_root, tmp_path)
     result = subprocess.run(
@@ -235,7 +236,7 @@ def test_dr50_sweep_points_reach_the_meta_step(
 
     original = reid_task.fast_weights
     monkeypatch.setattr(reid_task, "fast_weights", recording_fast_weights)
-    _, command_lines, points = sampled_command_lines(CONF / "sweep" / "dr50.yaml")
+    _, command_lines, points = sampled_command_lines(REPO / "sweeps" / "dr50.yaml")
     for index, (argv, point) in enumerate(zip(command_lines, points, strict=True)):
         calls.clear()
         overrides = on_the_demo(overrides_of(argv), synthetic_gait_root, synthetic_reid_root)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import netrc
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -135,9 +136,26 @@ def wandb_logger(mode: str | None = None, **kwargs: Any) -> WandbLogger:
     if save_dir is not None and resolved != "disabled":
         # wandb falls back to the system temp dir, with a warning, when `dir` does not exist.
         Path(save_dir).mkdir(parents=True, exist_ok=True)
+    if save_dir is not None and "id" not in kwargs:
+        # A run resumed in its own folder continues the same wandb run.
+        kwargs.update(id=wandb_run_id(Path(save_dir)), resume="allow")
     logger = WandbLogger(offline=False, mode=resolved, **kwargs)
     _created_loggers.append(logger)
     return logger
+
+
+WANDB_ID_FILE = "wandb_run_id.txt"
+
+
+def wandb_run_id(run_folder: Path) -> str:
+    """The wandb run id of a run folder: created on first use, read back on a resume."""
+    id_file = run_folder / WANDB_ID_FILE
+    if id_file.is_file():
+        return id_file.read_text().strip()
+    run_id = secrets.token_hex(4)  # wandb ids: up to 128 lower-case letters/digits
+    run_folder.mkdir(parents=True, exist_ok=True)
+    id_file.write_text(run_id + "\n")
+    return run_id
 
 
 def _find_wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
@@ -348,7 +366,18 @@ class WandbMedia(pl.Callback):
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log_evaluation(trainer, pl_module, "test")
 
-    def _log_evaluation(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str):
+    def log_validation_as_test(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The final report when train.py reuses the last validation (it ran on the final
+        weights) instead of running the test protocol again: the same media under ``test/``."""
+        self._log_evaluation(trainer, pl_module, "test", from_validation=True)
+
+    def _log_evaluation(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        stage: str,
+        from_validation: bool = False,
+    ):
         logger = _find_wandb_logger(trainer)
         results = getattr(pl_module, "last_results", None)
         if logger is None or not results or not trainer.is_global_zero:
@@ -361,7 +390,8 @@ class WandbMedia(pl.Callback):
             self._log_retrieval(logger, results, stage, step)
             features = getattr(pl_module, "last_eval_features", None)
             if self.rank_list_queries > 0 and features and trainer.world_size == 1:
-                loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+                validation = stage == "val" or from_validation
+                loaders = trainer.val_dataloaders if validation else trainer.test_dataloaders
                 self._log_rank_lists(logger, pl_module, features, loaders, stage, step)
             return
         # Another evaluator's protocol: its scalar entries, one row.

@@ -7,6 +7,11 @@ percentage of probes at ``v1`` whose nearest gallery sequence has the same subje
 decimals. "Exclude identical-view" averages, per probe view, the cells of the other gallery
 views, then averages over probe views; "include" averages the whole matrix.
 
+An incomplete test set (a probe set without probes at some view, a view without gallery
+sequences) leaves those cells empty. The release then gives NaN means or fails; here the means
+skip the empty cells, and the result lists them (``empty_cells``), the printed table shows
+``n/a``, a warning gives the counts, and ``strict=True`` raises instead.
+
 :class:`SingleViewGalleryIdentification` implements the protocol for any type/view vocabulary;
 :class:`CasiaBIdentification` and :class:`OUMVLPIdentification` are its two configurations.
 :class:`GaitEmbeddingStore` holds what every gait evaluator accumulates (also used for GREW).
@@ -14,6 +19,7 @@ views, then averages over probe views; "include" averages the whole matrix.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 
@@ -23,6 +29,9 @@ from torchmetrics.utilities import dim_zero_cat
 
 from metareid.data.gait.casiab import OUMVLP_TYPES, OUMVLP_VIEWS
 from metareid.evaluation.distances import part_cosine_distance, part_euclidean_distance
+from metareid.evaluation.guards import require_finite_features
+from metareid.utils.distributed import distributed_world
+from metareid.utils.precision import fp32
 
 __all__ = [
     "CONDITIONS",
@@ -36,6 +45,7 @@ __all__ = [
     "GaitEmbeddingStore",
     "OUMVLPIdentification",
     "SingleViewGalleryIdentification",
+    "describe_empty_cells",
     "format_casiab_table",
     "format_view_pair_table",
 ]
@@ -54,6 +64,8 @@ CONDITION_PROBE_TYPES: dict[str, tuple[str, ...]] = {
 #: OU-MVLP: the second walk (``01``) is the gallery, the first (``00``) the probe.
 OUMVLP_GALLERY_TYPES: tuple[str, ...] = ("01",)
 OUMVLP_PROBE_TYPES: dict[str, tuple[str, ...]] = {"NM": ("00",)}
+
+log = logging.getLogger(__name__)
 
 DISTANCES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "euc": part_euclidean_distance,
@@ -193,16 +205,30 @@ class SingleViewGalleryIdentification(GaitEmbeddingStore):
       rounded to 2 decimals, NaN where the cell has no probe or no gallery sequence;
     * ``per_view``: float64 ``[S, V]`` exclude-identical-view mean of each probe view;
     * ``views``: the ``V`` view names present in the data, in ``views`` order;
-    * ``conditions``: the ``S`` probe-set names.
+    * ``conditions``: the ``S`` probe-set names;
+    * ``empty_cells``: what is missing (see below), ``{"probe": [[set, view], ...],
+      "gallery": [view, ...], "absent_views": [view, ...], "na_cells": int, "cells": int}``.
 
-    All means skip NaN cells. ``V`` counts only the views present (a reduced synthetic set
-    works).
+    ``V`` counts only the views present (a reduced synthetic set works); protocol views with no
+    sequence at all are listed in ``empty_cells["absent_views"]``.
+
+    Empty cells: a (probe set, probe view) without probe sequences (``empty_cells["probe"]``)
+    makes its row of ``acc`` NaN, a view without gallery sequences (``empty_cells["gallery"]``)
+    its column in every set; ``na_cells`` of the ``cells = S * V * V`` are then NaN. The means
+    skip them: ``per_view[s, v1]`` is the mean of ``acc[s, v1, v2]`` over the non-empty cells
+    with ``v2 != v1`` (NaN when there is none); a set's exclude mean is the plain mean of its
+    non-NaN ``per_view`` entries (every remaining probe view weighs the same, whatever the
+    number of gallery views behind it); ``<set>_include`` is the mean of the set's non-empty
+    cells; ``Mean`` the mean of the non-NaN set means. With anything missing, ``compute()`` logs
+    a warning with the counts (rank 0), or raises ``ValueError`` when ``strict``.
 
     Args:
         types, views: names ``type_index`` / ``view_index`` refer to.
         gallery_types: types that make up the gallery.
         probe_sets: probe-set name -> its probe types, in report order.
         metric, probe_chunk_size, **kwargs: see :class:`GaitEmbeddingStore`.
+        strict: raise ``ValueError`` naming the empty cells and absent views instead of
+            computing the means over what is there.
     """
 
     def __init__(
@@ -213,11 +239,13 @@ class SingleViewGalleryIdentification(GaitEmbeddingStore):
         probe_sets: Mapping[str, Sequence[str]] = CONDITION_PROBE_TYPES,
         metric: str = "euc",
         probe_chunk_size: int = 128,
+        strict: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(types, views, metric=metric, probe_chunk_size=probe_chunk_size, **kwargs)
         if not probe_sets:
             raise ValueError(f"{type(self).__name__}: probe_sets must name at least one set")
+        self.strict = bool(strict)
         self.gallery_types = tuple(gallery_types)
         self.probe_sets = {name: tuple(names) for name, names in probe_sets.items()}
         self.conditions = tuple(self.probe_sets)
@@ -231,6 +259,7 @@ class SingleViewGalleryIdentification(GaitEmbeddingStore):
 
     def compute(self) -> dict:
         embeddings, subjects, type_index, view_index = self.gathered()
+        require_finite_features(embeddings, type(self).__name__)
         device = view_index.device
         num_conditions = len(self.conditions)
 
@@ -272,6 +301,20 @@ class SingleViewGalleryIdentification(GaitEmbeddingStore):
         exclude = torch.nanmean(per_view, dim=-1)
         include = torch.nanmean(accuracy.flatten(1), dim=-1)
 
+        view_names = [self.views[int(v)] for v in present_views]
+        probe_counts_per_set = probe_counts.cpu().reshape(num_conditions, num_views)
+        empty_cells = {
+            "probe": [
+                [self.conditions[condition_id], view_names[view]]
+                for condition_id, view in torch.nonzero(probe_counts_per_set == 0).tolist()
+            ],
+            "gallery": [view_names[v] for v in range(num_views) if gallery_counts[v] == 0],
+            "absent_views": [view for view in self.views if view not in view_names],
+            "na_cells": int(empty_cell.expand_as(accuracy).sum()),
+            "cells": accuracy.numel(),
+        }
+        self._report_incomplete(empty_cells)
+
         result: dict = {}
         for condition_id, name in enumerate(self.conditions):
             result[name] = float(exclude[condition_id])
@@ -282,8 +325,24 @@ class SingleViewGalleryIdentification(GaitEmbeddingStore):
         result["per_view"] = per_view
         result["views"] = [self.views[int(v)] for v in present_views]
         result["conditions"] = list(self.conditions)
+        result["empty_cells"] = empty_cells
         return result
 
+    def _report_incomplete(self, empty_cells: dict) -> None:
+        """Warn about (or with ``strict``, raise on) empty cells and absent views."""
+        if not (empty_cells["na_cells"] or empty_cells["absent_views"]):
+            return
+        message = f"{type(self).__name__}: incomplete test set, {describe_empty_cells(empty_cells)}"
+        if self.strict:
+            raise ValueError(f"{message}. Complete the test set, or set strict=false.")
+        if distributed_world()[0] == 0:
+            log.warning(
+                "%s. The means average the remaining cells (n/a in the tables); strict=true "
+                "stops instead.",
+                message,
+            )
+
+    @fp32  # argmin over a half-precision distance block would change the nearest sequence
     def _count_rank1_hits(
         self,
         probe_embeddings: torch.Tensor,
@@ -344,10 +403,13 @@ class CasiaBIdentification(SingleViewGalleryIdentification):
     (see :class:`SingleViewGalleryIdentification`).
 
     Args:
-        metric, probe_chunk_size, **kwargs: see :class:`GaitEmbeddingStore`.
+        metric, probe_chunk_size, strict, **kwargs: see
+            :class:`SingleViewGalleryIdentification`.
     """
 
-    def __init__(self, metric: str = "euc", probe_chunk_size: int = 128, **kwargs) -> None:
+    def __init__(
+        self, metric: str = "euc", probe_chunk_size: int = 128, strict: bool = False, **kwargs
+    ) -> None:
         super().__init__(
             types=TYPES,
             views=VIEWS,
@@ -355,6 +417,7 @@ class CasiaBIdentification(SingleViewGalleryIdentification):
             probe_sets=CONDITION_PROBE_TYPES,
             metric=metric,
             probe_chunk_size=probe_chunk_size,
+            strict=strict,
             **kwargs,
         )
 
@@ -370,12 +433,15 @@ class OUMVLPIdentification(SingleViewGalleryIdentification):
     OpenGait does without ``remove_no_gallery``).
 
     Args:
-        metric, probe_chunk_size, **kwargs: see :class:`GaitEmbeddingStore`. The test set has
-            about 67k gallery sequences, so keep ``probe_chunk_size`` small (a ``[64, chunk,
-            67k]`` float block for ``"euc"``).
+        metric, probe_chunk_size, strict, **kwargs: see
+            :class:`SingleViewGalleryIdentification`. The test set has about 67k gallery
+            sequences, so keep ``probe_chunk_size`` small (a ``[64, chunk, 67k]`` float block
+            for ``"euc"``).
     """
 
-    def __init__(self, metric: str = "euc", probe_chunk_size: int = 32, **kwargs) -> None:
+    def __init__(
+        self, metric: str = "euc", probe_chunk_size: int = 32, strict: bool = False, **kwargs
+    ) -> None:
         super().__init__(
             types=OUMVLP_TYPES,
             views=OUMVLP_VIEWS,
@@ -383,8 +449,27 @@ class OUMVLPIdentification(SingleViewGalleryIdentification):
             probe_sets=OUMVLP_PROBE_TYPES,
             metric=metric,
             probe_chunk_size=probe_chunk_size,
+            strict=strict,
             **kwargs,
         )
+
+
+def describe_empty_cells(empty_cells: Mapping) -> str:
+    """One line naming what an ``empty_cells`` entry of a result holds, e.g. ``"33 of 363
+    view-pair cells are n/a: no probe sequence for CL@108; no gallery sequence at view 036"``."""
+    causes = []
+    if empty_cells.get("probe"):
+        cells = ", ".join(f"{name}@{view}" for name, view in empty_cells["probe"])
+        causes.append(f"no probe sequence for {cells}")
+    if empty_cells.get("gallery"):
+        causes.append(f"no gallery sequence at view {', '.join(empty_cells['gallery'])}")
+    parts = []
+    if empty_cells.get("na_cells"):
+        counts = f"{empty_cells['na_cells']} of {empty_cells.get('cells', 0)} view-pair cells"
+        parts.append(f"{counts} are n/a: " + "; ".join(causes))
+    if empty_cells.get("absent_views"):
+        parts.append(f"views absent from the data: {', '.join(empty_cells['absent_views'])}")
+    return "; ".join(parts)
 
 
 def format_view_pair_table(result: dict) -> str:
@@ -392,11 +477,12 @@ def format_view_pair_table(result: dict) -> str:
 
     The include/exclude means come first, then an aligned table of the per-probe-view
     exclude-identical-view rank-1 (one row per probe set, one column per view, plus the mean).
-    Missing values print as ``-``; ``Mean`` is printed only with several probe sets.
+    Values without any non-empty cell behind them print as ``n/a``, and the empty cells are
+    listed under the table; ``Mean`` is printed only with several probe sets.
     """
 
     def number(value: float) -> str:
-        return "-" if math.isnan(value) else f"{value:.2f}"
+        return "n/a" if math.isnan(value) else f"{value:.2f}"
 
     conditions = list(result.get("conditions", CONDITIONS))
     views = list(result["views"])
@@ -414,6 +500,9 @@ def format_view_pair_table(result: dict) -> str:
     for condition_id, name in enumerate(conditions):
         cells = "".join(number(float(x)).rjust(width) for x in per_view[condition_id])
         lines.append(f"{name}:".ljust(label_width) + cells + number(result[name]).rjust(width + 1))
+    empty_cells = result.get("empty_cells") or {}
+    if empty_cells.get("na_cells") or empty_cells.get("absent_views"):
+        lines.append(f"n/a: {describe_empty_cells(empty_cells)}")
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
 """Distance matrices shared by the gait and ReID evaluators and by the gait triplet loss.
 
-All functions compute in float32 (or float64 when given float64), whatever the input precision,
-because half-precision squared norms lose the small differences that decide a ranking.
+All functions compute in float32 (or float64 when given float64), whatever the input precision
+and with autocast disabled (:func:`metareid.utils.precision.fp32`), because half-precision squared
+norms and matrix products lose the small differences that decide a ranking or a triplet term.
 
 Euclidean distances use ``sqrt(relu(|x|^2 + |y|^2 - 2 x.y))``: the relu (rather than a clamp)
 matters for training, since its backward sends zero gradient where the expansion rounds to
@@ -13,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+
+from metareid.utils.precision import fp32
 
 __all__ = [
     "cosine_distance",
@@ -50,6 +53,7 @@ def _check_flat_features(x: torch.Tensor, y: torch.Tensor) -> None:
         )
 
 
+@fp32
 def per_part_euclidean_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Euclidean distance between every pair of samples, separately for each part.
 
@@ -69,6 +73,7 @@ def per_part_euclidean_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     return F.relu(squared).sqrt()
 
 
+@fp32
 def part_euclidean_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean over parts of the per-part Euclidean distance (OpenGait ``metric="euc"``).
 
@@ -82,6 +87,7 @@ def part_euclidean_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return per_part_euclidean_distance(x, y).mean(0)
 
 
+@fp32
 def part_cosine_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """One minus the mean over parts of the cosine similarity (OpenGait ``metric="cos"``).
 
@@ -102,6 +108,7 @@ def part_cosine_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 1.0 - x_flat @ y_flat.T / num_parts
 
 
+@fp32
 def euclidean_distance(x: torch.Tensor, y: torch.Tensor, squared: bool = False) -> torch.Tensor:
     """Euclidean distance between rows.
 
@@ -120,6 +127,7 @@ def euclidean_distance(x: torch.Tensor, y: torch.Tensor, squared: bool = False) 
     return squared_distance if squared else squared_distance.sqrt()
 
 
+@fp32
 def cosine_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """One minus the cosine similarity between rows (fast-reid ``METRIC: cosine``).
 

@@ -10,6 +10,7 @@ ignored.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -17,8 +18,13 @@ import torch
 
 from metareid.data.gait.casiab import GREW_TYPES
 from metareid.evaluation.casiab import DISTANCES, GaitEmbeddingStore
+from metareid.evaluation.guards import require_finite_features
+from metareid.utils.distributed import distributed_world
+from metareid.utils.precision import fp32
 
 __all__ = ["GREW_GALLERY_TYPES", "GREW_PROBE_TYPES", "GREWIdentification", "format_rank_table"]
+
+log = logging.getLogger(__name__)
 
 GREW_GALLERY_TYPES: tuple[str, ...] = ("01",)
 GREW_PROBE_TYPES: tuple[str, ...] = ("02",)
@@ -30,7 +36,8 @@ class GREWIdentification(GaitEmbeddingStore):
     ``compute()`` returns a dict with ``Rank-<k>`` (float) for every ``k`` in ``ranks``,
     ``cmc`` (float64 ``[max(ranks)]``, the rank-1..max percentages, rounded to 2 decimals) and
     ``sizes`` (``{"probes": int, "gallery": int}``, in a dict so that it is not logged). With no
-    probe or no gallery sequence every accuracy is NaN. A rank beyond the gallery size counts
+    probe or no gallery sequence every accuracy is NaN (``n/a`` in the table) and a warning is
+    logged, or with ``strict`` a ``ValueError`` raised. A rank beyond the gallery size counts
     every probe whose subject is in the gallery.
 
     Args:
@@ -39,6 +46,7 @@ class GREWIdentification(GaitEmbeddingStore):
         types: names ``type_index`` refers to (GREW's ``00``..``03``).
         metric, probe_chunk_size, **kwargs: see :class:`GaitEmbeddingStore`. ``view_index`` is
             accepted but unused.
+        strict: raise instead of returning NaN when the probes or the gallery are empty.
     """
 
     def __init__(
@@ -49,9 +57,13 @@ class GREWIdentification(GaitEmbeddingStore):
         types: Sequence[str] = GREW_TYPES,
         metric: str = "euc",
         probe_chunk_size: int = 256,
+        strict: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(types, None, metric=metric, probe_chunk_size=probe_chunk_size, **kwargs)
+        self.strict = bool(strict)
+        self.gallery_types = tuple(gallery_types)
+        self.probe_types = tuple(probe_types)
         self.ranks = tuple(int(k) for k in ranks)
         if not self.ranks or min(self.ranks) < 1:
             raise ValueError(f"ranks must be positive integers, got {list(ranks)}")
@@ -64,6 +76,7 @@ class GREWIdentification(GaitEmbeddingStore):
 
     def compute(self) -> dict:
         embeddings, subjects, type_index, _ = self.gathered()
+        require_finite_features(embeddings, type(self).__name__)
         device = type_index.device
         is_gallery = torch.isin(type_index, self._gallery_positions.to(device))
         is_probe = torch.isin(type_index, self._probe_positions.to(device))
@@ -75,12 +88,25 @@ class GREWIdentification(GaitEmbeddingStore):
         if num_probes and num_gallery:
             cmc = torch.round(100.0 * hits / num_probes, decimals=2)
         else:
+            self._report_empty(num_probes, num_gallery)
             cmc = torch.full((max_rank,), math.nan, dtype=torch.float64)
         result: dict = {f"Rank-{k}": float(cmc[k - 1]) for k in self.ranks}
         result["cmc"] = cmc
         result["sizes"] = {"probes": num_probes, "gallery": num_gallery}
         return result
 
+    def _report_empty(self, num_probes: int, num_gallery: int) -> None:
+        message = (
+            f"{type(self).__name__}: incomplete test set, {num_probes} probe sequences (types "
+            f"{', '.join(self.probe_types)}) and {num_gallery} gallery sequences (types "
+            f"{', '.join(self.gallery_types)}); every rank-k accuracy is n/a"
+        )
+        if self.strict:
+            raise ValueError(f"{message}. Complete the test set, or set strict=false.")
+        if distributed_world()[0] == 0:
+            log.warning("%s; strict=true stops instead.", message)
+
+    @fp32  # topk over a half-precision distance block would reorder close gallery sequences
     def _cumulative_hits(
         self,
         probe_embeddings: torch.Tensor,
@@ -113,10 +139,11 @@ class GREWIdentification(GaitEmbeddingStore):
 
 
 def format_rank_table(result: dict) -> str:
-    """One line of rank-k accuracies (2 decimals, ``-`` for NaN) with the set sizes."""
+    """One line of rank-k accuracies (2 decimals, ``n/a`` for NaN) with the set sizes."""
     ranks = [key for key in result if key.startswith("Rank-")]
     cells = ", ".join(
-        f"{key}: {'-' if math.isnan(result[key]) else format(result[key], '.2f')}" for key in ranks
+        f"{key}: {'n/a' if math.isnan(result[key]) else format(result[key], '.2f')}"
+        for key in ranks
     )
     sizes = f"{result['sizes']['probes']} probes, {result['sizes']['gallery']} gallery sequences"
     return f"===Rank-k ({sizes})===\n{cells}"

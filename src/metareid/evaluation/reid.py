@@ -26,13 +26,16 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
 from metareid.evaluation.distances import cosine_distance, euclidean_distance
+from metareid.evaluation.guards import require_finite_features
 from metareid.evaluation.rerank import k_reciprocal_rerank
+from metareid.utils.precision import fp32
 
 __all__ = ["ReIDRetrieval", "format_reid_table", "reid_rank_metrics"]
 
 DistanceName = Literal["cosine", "euclidean"]
 
 
+@fp32
 def _distance(query: Tensor, gallery: Tensor, distance: DistanceName) -> Tensor:
     if distance == "cosine":
         return cosine_distance(query, gallery)
@@ -137,6 +140,7 @@ def _validate_ids(name: str, ids: Tensor, expected: int) -> Tensor:
     return ids.long()
 
 
+@fp32
 def reid_rank_metrics(
     distances: Tensor,
     query_pids: Tensor,
@@ -195,6 +199,11 @@ class ReIDRetrieval(Metric):
         rerank: apply k-reciprocal re-ranking (fast-reid ``TEST.RERANK``); with the cosine
             distance it runs on L2-normalised features.
         rerank_k1, rerank_k2, rerank_lambda: re-ranking parameters.
+        retrieval: ``"dense"`` ranks the whole gallery; ``"faiss"`` ranks each query's exact top
+            ``topk`` (:mod:`metareid.evaluation.topk`, for galleries too large for the dense
+            blocks): the same CMC up to ``topk``, ``mAP`` becomes mAP@topk (a lower bound),
+            ``mINP`` NaN unless every true match is in the lists. No re-ranking.
+        topk: list length of the faiss path (at least ``max_rank``).
         **kwargs: forwarded to :class:`torchmetrics.Metric`.
     """
 
@@ -211,9 +220,20 @@ class ReIDRetrieval(Metric):
         rerank_k1: int = 20,
         rerank_k2: int = 6,
         rerank_lambda: float = 0.3,
+        retrieval: Literal["dense", "faiss"] = "dense",
+        topk: int = 100,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if retrieval not in ("dense", "faiss"):
+            raise ValueError(f"retrieval must be 'dense' or 'faiss', got {retrieval!r}")
+        if retrieval == "faiss" and (rerank or topk < max_rank):
+            raise ValueError(
+                "retrieval='faiss' ranks top-k lists only: it cannot re-rank (set rerank=false) "
+                f"and needs topk >= max_rank (got topk={topk}, max_rank={max_rank})"
+            )
+        self.retrieval = retrieval
+        self.topk = topk
         if distance not in ("cosine", "euclidean"):
             raise ValueError(f"distance must be 'cosine' or 'euclidean', got {distance!r}")
         if max_rank < 1 or query_chunk_size < 1:
@@ -257,6 +277,7 @@ class ReIDRetrieval(Metric):
         if isinstance(self.features, list) and not self.features:
             raise ValueError("ReIDRetrieval.compute() called before any update()")
         features = dim_zero_cat(self.features)
+        require_finite_features(features, type(self).__name__)
         pids = dim_zero_cat(self.pids)
         camids = dim_zero_cat(self.camids)
         is_query = dim_zero_cat(self.is_query)
@@ -270,6 +291,20 @@ class ReIDRetrieval(Metric):
         query_pids, gallery_pids = pids[is_query], pids[~is_query]
         query_camids, gallery_camids = camids[is_query], camids[~is_query]
 
+        if self.retrieval == "faiss":
+            from metareid.evaluation.topk import topk_rank_metrics
+
+            return topk_rank_metrics(
+                query,
+                gallery,
+                query_pids,
+                gallery_pids,
+                query_camids,
+                gallery_camids,
+                k=self.topk,
+                distance=self.distance,
+                max_rank=self.max_rank,
+            )
         if self.rerank:
             if self.distance == "cosine":
                 query = torch.nn.functional.normalize(query, dim=1)
@@ -328,10 +363,15 @@ def format_reid_table(results: Mapping[str, Mapping[str, float | Tensor]]) -> st
             entries are shown as ``-``.
 
     Returns:
-        The table as a string (no trailing newline).
+        The table as a string (no trailing newline); results of top-k retrieval (``map_topk``,
+        :mod:`metareid.evaluation.topk`) title the column ``mAP@k`` and add a note under it.
     """
+    topk = {int(m["map_topk"]) for m in results.values() if m.get("map_topk") is not None}
+    titles = [
+        f"mAP@{min(topk)}" if key == "mAP" and topk else title for title, key in _TABLE_COLUMNS
+    ]
     name_width = max([len("Target"), *(len(name) for name in results)])
-    header = [f"{'Target':<{name_width}}", *(f"{title:>7}" for title, _ in _TABLE_COLUMNS)]
+    header = [f"{'Target':<{name_width}}", *(f"{title:>7}" for title in titles)]
     lines = ["| " + " | ".join(header) + " |"]
     lines.append("|" + "|".join("-" * (len(cell) + 2) for cell in header) + "|")
     for name, metrics in results.items():
@@ -340,4 +380,10 @@ def format_reid_table(results: Mapping[str, Mapping[str, float | Tensor]]) -> st
             value = metrics.get(key)
             cells.append(f"{'-':>7}" if value is None else f"{float(value):>7.2f}")
         lines.append("| " + " | ".join(cells) + " |")
+    if topk:
+        lines.append(
+            f"mAP@{min(topk)}: top-{min(topk)} retrieval (model.retrieval=faiss); true matches "
+            "ranked lower count as missed (a lower bound of mAP); mINP is nan unless every match "
+            "is in the top k."
+        )
     return "\n".join(lines)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from metareid.evaluation.distances import euclidean_distance
+from metareid.utils.precision import fp32
 
 __all__ = ["jaccard_distance", "k_reciprocal_rerank"]
 
@@ -180,6 +181,7 @@ def _overlap_query_gallery(
 
 
 @torch.no_grad()
+@fp32
 def jaccard_distance(
     query_features: Tensor, gallery_features: Tensor, k1: int = 20, k2: int = 6
 ) -> Tensor:
@@ -234,6 +236,7 @@ def jaccard_distance(
 
 
 @torch.no_grad()
+@fp32
 def k_reciprocal_rerank(
     query_features: Tensor,
     gallery_features: Tensor,

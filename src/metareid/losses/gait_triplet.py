@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metareid.evaluation.distances import per_part_euclidean_distance
+from metareid.utils.precision import fp32
 
 __all__ = ["BatchAllTripletLoss"]
 
@@ -31,13 +32,15 @@ class BatchAllTripletLoss(nn.Module):
         super().__init__()
         self.margin = margin
 
+    @fp32
     def forward(
         self, embeddings: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Compute the loss.
 
         Args:
-            embeddings: ``[n, p, c]`` part features (any float dtype; computed in float32).
+            embeddings: ``[n, p, c]`` part features (any float dtype; computed in float32 with
+                autocast disabled, so a mixed-precision run gets the fp32 loss).
             labels: ``[n]`` integer identity labels.
 
         Returns:

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from einops import repeat
 from torch import nn
 
+from metareid.utils.precision import fp32
+
 __all__ = ["PartCrossEntropyLoss"]
 
 
@@ -28,13 +30,15 @@ class PartCrossEntropyLoss(nn.Module):
         self.label_smoothing = label_smoothing
         self.eps = eps
 
+    @fp32
     def forward(
         self, logits: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Compute the loss.
 
         Args:
-            logits: ``[n, p, num_classes]`` (any float dtype; computed in float32).
+            logits: ``[n, p, num_classes]`` (any float dtype; computed in float32 with autocast
+                disabled).
             labels: ``[n]`` class indices in ``[0, num_classes)``.
 
         Returns:

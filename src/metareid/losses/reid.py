@@ -13,14 +13,15 @@ Labels are global and domain-contiguous: domain 0 owns ``[0, n_0)``, domain 1 ow
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from metareid.utils.precision import fp32
 
 CentroidKind = Literal["scalar", "vector"]
 
@@ -37,31 +38,6 @@ __all__ = [
 ]
 
 
-def _first_tensor(values) -> Tensor | None:
-    for value in values:
-        if isinstance(value, Tensor):
-            return value
-        if isinstance(value, (list, tuple)):
-            found = _first_tensor(value)
-            if found is not None:
-                return found
-    return None
-
-
-def _fp32(loss_fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """Run ``loss_fn`` with autocast off for the device of its first tensor argument."""
-
-    @functools.wraps(loss_fn)
-    def wrapper(*args, **kwargs):
-        reference = _first_tensor((*args, *kwargs.values()))
-        if reference is None:
-            return loss_fn(*args, **kwargs)
-        with torch.autocast(device_type=reference.device.type, enabled=False):
-            return loss_fn(*args, **kwargs)
-
-    return wrapper
-
-
 def _check_batch(name: str, tensor: Tensor, batch_size: int, ndim: int) -> None:
     if tensor.ndim != ndim or tensor.shape[0] != batch_size:
         raise ValueError(
@@ -70,6 +46,7 @@ def _check_batch(name: str, tensor: Tensor, batch_size: int, ndim: int) -> None:
         )
 
 
+@fp32
 def pairwise_euclidean(features: Tensor) -> Tensor:
     """Euclidean distance matrix used by all triplet losses (fast-reid's ``euclidean_dist``).
 
@@ -105,7 +82,7 @@ def _hard_mined_triplet(distances: Tensor, is_pos: Tensor, is_neg: Tensor, margi
     return F.softplus(gap).mean()
 
 
-@_fp32
+@fp32
 def domain_cross_entropy(
     logits: Sequence[Tensor],
     labels: Tensor,
@@ -180,7 +157,7 @@ def domain_cross_entropy(
     return torch.stack(domain_losses).mean()
 
 
-@_fp32
+@fp32
 def batch_hard_triplet(features: Tensor, labels: Tensor, margin: float = 0.3) -> Tensor:
     """Batch-hard triplet loss (Hermans et al.) with Euclidean distance.
 
@@ -202,7 +179,7 @@ def batch_hard_triplet(features: Tensor, labels: Tensor, margin: float = 0.3) ->
     return _hard_mined_triplet(pairwise_euclidean(features), same_identity, ~same_identity, margin)
 
 
-@_fp32
+@fp32
 def cross_domain_triplet(
     features: Tensor, labels: Tensor, domain_ids: Tensor, margin: float = 0.0
 ) -> Tensor:
@@ -233,7 +210,7 @@ def cross_domain_triplet(
     return _hard_mined_triplet(pairwise_euclidean(features), is_pos, is_neg, margin)
 
 
-@_fp32
+@fp32
 def domain_sct_loss(features: Tensor, domain_ids: Tensor) -> Tensor:
     """MetaBIN's SCT ("shuffle/cluster") loss in its ``cosine_sim`` form (``loss_stc``).
 
@@ -262,7 +239,7 @@ def domain_sct_loss(features: Tensor, domain_ids: Tensor) -> Tensor:
     return torch.stack(per_domain).mean()
 
 
-@_fp32
+@fp32
 def center_loss(center_distmat: Tensor, labels: Tensor) -> Tensor:
     """Center loss from the head's squared distances to every class center.
 
@@ -311,7 +288,7 @@ def _domain_centroids(
     return normalised, masks, centroids
 
 
-@_fp32
+@fp32
 def intra_cluster_loss(
     routing_weights: Tensor,
     domain_ids: Tensor,
@@ -342,7 +319,7 @@ def intra_cluster_loss(
     return torch.stack(per_domain).mean()
 
 
-@_fp32
+@fp32
 def inter_cluster_loss(
     routing_weights: Tensor,
     domain_ids: Tensor,

@@ -60,6 +60,7 @@ DATASETS: dict[str, DatasetCommands] = {
 # an option the chosen dataset does not take is an error rather than silently ignored.
 DATASET_OPTIONS = {
     "partition": "partition",
+    "packed": "packed",
     "link": "link",
     "boxes": "boxes",
     "with_distractors": "with_distractors",
@@ -100,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     group = parser.add_argument_group("dataset options")
     group.add_argument("--partition", type=Path, help="gait partition JSON (TRAIN_SET/TEST_SET)")
+    group.add_argument(
+        "--packed",
+        action="store_true",
+        default=None,
+        help="gait: also write the packed store <out>/packed (one memory-mapped frame array)",
+    )
+    parser.add_argument(
+        "--pack", type=Path, metavar="DIR", help="gait: write the packed store of a prepared tree"
+    )
     group.add_argument("--link", choices=LINK_MODES, help="how ReID images are placed (symlink)")
     group.add_argument("--boxes", nargs="+", choices=BOX_TYPES, help="CUHK03 box types (both)")
     group.add_argument(
@@ -148,6 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=True)
     common = {"workers": max(1, args.workers), "show_progress": not args.no_progress}
     try:
+        if args.pack is not None:
+            from metareid.prepare.casiab import pack_gait_dataset
+
+            report = pack_gait_dataset(args.dataset, args.pack)
+            report.render(console)
+            return 0
         if args.check is not None:
             if args.raw is not None or args.out is not None:
                 parser.error("--check takes no --raw/--out")

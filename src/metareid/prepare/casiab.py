@@ -26,6 +26,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from metareid.data.gait.packed import (
+    PACKED_DIR,
+    has_packed_store,
+    packed_dir,
+    read_packed_index,
+)
+from metareid.data.gait.safe_pickle import load_silhouette_pickle
 from metareid.prepare.report import PrepareReport, Problem, fatal, run_parallel
 
 __all__ = [
@@ -356,6 +363,8 @@ def _scan_pkl_tree(root: Path, report: PrepareReport) -> dict[str, dict[str, lis
     )
     tree: dict[str, dict[str, list[Path]]] = {}
     for subject in list_entries(root):
+        if subject.name == PACKED_DIR and has_packed_store(root):
+            continue  # the packed store (checked on its own)
         if subject.is_file():
             if subject.name != PARTITION_NAME:
                 report.problem(subject, "unexpected file at the dataset root", depth_fix)
@@ -396,10 +405,9 @@ class _PklCheck:
 def _check_pkl(task: _PklCheck) -> Problem | None:
     fix = "delete it and re-run prepare (finished sequences are kept)"
     try:
-        with open(task.path, "rb") as stream:
-            array = pickle.load(stream)
-    except Exception as error:  # unpickling fails in many ways; each means a broken file
-        return Problem(task.path, f"cannot unpickle ({type(error).__name__}: {error})", fix)
+        array = load_silhouette_pickle(task.path)
+    except ValueError as error:  # names the file (and a refused global) already
+        return Problem(task.path, str(error).removeprefix(f"{task.path}: "), fix)
     if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != 3:
         kind = getattr(array, "dtype", type(array).__name__)
         return Problem(task.path, f"expected a uint8 array [T, H, W], found {kind}", fix)
@@ -692,6 +700,7 @@ class GaitRelease:
         workers: int = 1,
         strict: bool = True,
         show_progress: bool = True,
+        packed: bool = False,
     ) -> PrepareReport:
         """Turn the raw release into the pkl tree the gait DataModule reads.
 
@@ -702,6 +711,7 @@ class GaitRelease:
             workers: processes.
             strict: stop at the first problem (else skip and list it).
             show_progress: draw progress bars.
+            packed: also write the packed store ``<out>/packed`` (see :meth:`pack`).
 
         Returns:
             The report (also stored in ``<out>/.metareid_prepare.json``).
@@ -716,6 +726,36 @@ class GaitRelease:
             sequences, out, report, align=self.align, workers=workers, show_progress=show_progress
         )
         finish_gait_prepare(out, report, split, self.release_counts)
+        if packed:
+            self.pack(out, report=report)
+        return report
+
+    def pack(self, root: str | Path, *, report: PrepareReport | None = None) -> PrepareReport:
+        """Write the packed store ``<root>/packed`` of a prepared tree (replacing an older one).
+
+        One memory-mapped uint8 array of every frame, already cut to 44 columns, plus its
+        index; the gait DataModule reads it instead of the pkl files when present
+        (``data.format=auto``). The tree is checked like a loader checks it first.
+        """
+        from metareid.data.gait.casiab import pack_gait_tree
+
+        root = Path(root)
+        report = report or PrepareReport(self.dataset, action="pack", strict=True)
+        partition = root / PARTITION_NAME
+        if not partition.is_file():
+            raise fatal(root, f"no {PARTITION_NAME}", "prepare the tree first (--raw/--out)")
+        try:
+            store = pack_gait_tree(root, self.dataset, partition)
+        except (ValueError, OSError) as error:
+            raise fatal(
+                root, f"cannot pack the tree: {error}", "fix the tree or re-run prepare"
+            ) from None
+        index = read_packed_index(store)
+        report.add("packed sequences", len(index.lengths))
+        report.add("packed frames", index.total_frames)
+        blank, single = int(index.blank.sum()), int((index.lengths == 1).sum())
+        if blank or single:
+            report.warn(f"packed store: {blank} all-blank and {single} 1-frame sequences")
         return report
 
     def check(
@@ -736,17 +776,68 @@ class GaitRelease:
         root = Path(root)
         if partition is None and (root / PARTITION_NAME).is_file():
             partition = root / PARTITION_NAME
-        return check_gait_tree(
+        split = self._partition(partition)
+        report = PrepareReport(self.dataset, action="check", strict=False)
+        store_counts = _check_packed_store(root, split, report) if has_packed_store(root) else None
+        check_gait_tree(
             root,
             dataset=self.dataset,
-            partition=self._partition(partition),
+            partition=split,
             release_counts=self.release_counts,
             expect=expect,
             deep=deep,
             frame_width=self.frame_width,
             workers=workers,
             show_progress=show_progress,
+            report=report,
         )
+        if store_counts is not None:
+            tree_counts = {
+                f"packed {split}_sequences": report.counts.get(f"{split}_sequences", 0)
+                for split in ("train", "test")
+            }
+            report.compare(store_counts, tree_counts, "pkl tree (re-run --pack after changes)")
+        return report
+
+
+def _check_packed_store(
+    root: Path, partition: Mapping[str, list[str]], report: PrepareReport
+) -> dict[str, int] | None:
+    """Problems of ``<root>/packed``: unreadable or inconsistent with the tree's partition."""
+    fix = "rebuild it with `python src/prepare.py <dataset> --pack <root>`"
+    try:
+        index = read_packed_index(packed_dir(root))
+    except ValueError as error:
+        report.problem(packed_dir(root), str(error), fix)
+        return None
+    stored = set(index.subjects)
+    for key in ("TRAIN_SET", "TEST_SET"):
+        absent = [subject for subject in partition[key] if subject not in stored]
+        if absent:
+            report.problem(
+                packed_dir(root),
+                f"{len(absent)} {key} id(s) of the partition are not in the packed store "
+                f"(e.g. {', '.join(absent[:5])}); it is older than the tree or partition",
+                fix,
+            )
+    report.add("packed sequences", len(index.lengths))
+    report.add("packed all-blank sequences", int(index.blank.sum()))
+    report.add("packed 1-frame sequences", int((index.lengths == 1).sum()))
+    members = {key: set(partition[key]) for key in ("TRAIN_SET", "TEST_SET")}
+    return {
+        f"packed {split}_sequences": sum(subject in members[key] for subject in index.subjects)
+        for split, key in (("train", "TRAIN_SET"), ("test", "TEST_SET"))
+    }
+
+
+def pack_gait_dataset(dataset: str, root: str | Path) -> PrepareReport:
+    """``prepare.py <dataset> --pack <root>``: the packed store of a prepared gait tree."""
+    from metareid.prepare.oumvlp_grew import GREW, OUMVLP
+
+    releases = {release.dataset: release for release in (CASIAB, OUMVLP, GREW)}
+    if dataset not in releases:
+        raise fatal(Path(root), f"--pack applies to the gait datasets {sorted(releases)}", "")
+    return releases[dataset].pack(root)
 
 
 CASIAB = GaitRelease("casiab", _scan_casiab_raw, casiab_default_partition, CASIAB_RELEASE_COUNTS)

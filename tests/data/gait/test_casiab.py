@@ -175,7 +175,7 @@ def test_bad_pkl_raises_naming_the_file(tree, breaker):
         make(tree)
     assert str(path) in str(error.value)
     assert BREAKERS[breaker] in str(error.value)
-    assert "strict=False" in str(error.value)
+    assert "data.strict=false" in str(error.value)
 
 
 def test_non_strict_skips_and_counts_bad_files(tree):
@@ -314,3 +314,37 @@ def test_root_at_a_condition_directory_whose_views_look_like_ids(tmp_path):
     with pytest.raises(TreeLayoutError, match="two levels too low") as error:
         CasiaBDataset(root / "001" / "nm-01", partition)
     assert f"set root to {root}" in str(error.value)
+
+
+class RunsAShellCommand:
+    """Unpickling this calls ``os.system(command)`` (what a crafted dataset file can do)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))
+
+
+def test_malicious_pkl_is_refused_without_running_it(tree, tmp_path):
+    root, _ = tree
+    marker = tmp_path / "pwned"
+    path = root / "002" / "nm-01" / "000" / "000.pkl"
+    path.write_bytes(pickle.dumps(RunsAShellCommand(f"touch {marker}")))
+    for load in (lambda: read_silhouettes(path), lambda: make(tree)):
+        with pytest.raises(ValueError) as error:
+            load()
+        message = str(error.value)
+        assert str(path) in message
+        assert "posix.system" in message and "refused to unpickle" in message
+    assert not marker.exists()
+
+
+def test_arrays_of_every_pickle_protocol_still_load(tmp_path):
+    array = np.arange(3 * 64 * 64, dtype=np.uint8).reshape(3, 64, 64)
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        path = tmp_path / f"p{protocol}.pkl"
+        path.write_bytes(pickle.dumps(array, protocol=protocol))
+        assert np.array_equal(read_silhouettes(path), array)

@@ -3,7 +3,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from metareid.data.gait.frame_sampling import FrameSampler, cut_silhouettes, wrapped_window
+from metareid.data.gait.frame_sampling import (
+    FrameSampler,
+    cut_silhouettes,
+    frames_to_tensor,
+    wrapped_window,
+)
 
 
 def numbered_sequence(length: int, width: int = 64) -> np.ndarray:
@@ -170,3 +175,19 @@ def test_dataloader_workers_get_distinct_streams(with_init_fn):
 def test_rejects_unknown_sample_type():
     with pytest.raises(ValueError, match="sample_type must be one of"):
         FrameSampler("fixed")
+
+
+class ReportsSharing(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        return frames_to_tensor(np.zeros((1, 2, 64, 64), np.uint8), cut=True).is_shared()
+
+
+def test_worker_batches_are_built_in_shared_memory():
+    # Inside a worker the tensor is allocated in shared memory (no copy to move it there) ...
+    loader = DataLoader(ReportsSharing(), batch_size=None, num_workers=1)
+    assert list(loader) == [True]
+    # ... and in the main process it stays ordinary memory.
+    assert not frames_to_tensor(np.zeros((1, 2, 64, 64), np.uint8), cut=True).is_shared()

@@ -5,13 +5,18 @@ import numpy as np
 import pytest
 
 from metareid.data.gait.casiab import CasiaBDataset
+from metareid.data.gait.datamodule import GaitDataModule
+from metareid.data.gait.packed import has_packed_store
 from metareid.data.gait.synthetic import (
+    CACHE_MANIFEST,
     MARKER_FILE,
     SEGMENTS,
     capsule_row_intervals,
+    ensure_synthetic_casiab,
     generate_synthetic_casiab,
     main,
     render_silhouettes,
+    synthetic_casiab_folder,
 )
 
 SUBJECTS = 8
@@ -252,3 +257,50 @@ def test_capsule_row_intervals_match_brute_force_distances():
                 assert not lo <= hi or hi - lo < 0.02
             else:
                 assert abs(lo - covered.min()) < 0.02 and abs(hi - covered.max()) < 0.02
+
+
+TINY = dict(num_subjects=3, train_subjects=2, views=["000"], types=["nm-01"], frames=(3, 4))
+
+
+def test_cache_keeps_one_folder_per_setting_and_reuses_it(tmp_path, monkeypatch):
+    import metareid.data.gait.synthetic as synthetic
+
+    cache = tmp_path / "cache"
+    first = ensure_synthetic_casiab(cache, **TINY)
+    other = ensure_synthetic_casiab(cache, **{**TINY, "seed": 1})
+    assert first != other and first.parent == other.parent == cache
+    assert has_packed_store(first) and (other / "partition.json").is_file()
+    manifest = json.loads((cache / CACHE_MANIFEST).read_text())
+    assert manifest["datasets"][first.name]["seed"] == 0
+    assert manifest["datasets"][other.name]["seed"] == 1
+    # Going back to the first setting reuses its folder: nothing is generated again.
+    stamp = (first / "001" / "nm-01" / "000" / "000.pkl").stat().st_mtime_ns
+
+    def must_not_generate(*args, **kwargs):
+        raise AssertionError("regenerated a cached setting")
+
+    monkeypatch.setattr(synthetic, "generate_synthetic_casiab", must_not_generate)
+    assert ensure_synthetic_casiab(cache, **TINY) == first
+    assert (first / "001" / "nm-01" / "000" / "000.pkl").stat().st_mtime_ns == stamp
+    # Defaults spelled out are the same setting.
+    assert synthetic_casiab_folder(cache, **TINY, seed=0) == first
+
+
+def test_mistyped_root_with_foreign_data_is_refused_untouched(tmp_path):
+    real = tmp_path / "CASIA-B-pkl"
+    (real / "001").mkdir(parents=True)
+    (real / "partition.json").write_text("{}")
+    before = sorted(p.relative_to(real) for p in real.rglob("*"))
+    with pytest.raises(FileExistsError, match="holds no synthetic_casiab_cache.json"):
+        ensure_synthetic_casiab(real, **TINY)
+    assert sorted(p.relative_to(real) for p in real.rglob("*")) == before
+    with pytest.raises(ValueError, match="unknown generator setting"):
+        ensure_synthetic_casiab(tmp_path / "new", num_subject=3)
+
+
+def test_datamodule_reads_the_settings_folder(tmp_path):
+    datamodule = GaitDataModule(str(tmp_path / "cache"), synthetic=TINY, p=2, k=2, num_workers=0)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    assert datamodule.root == synthetic_casiab_folder(tmp_path / "cache", **TINY)
+    assert datamodule.train_set.format == "packed" and len(datamodule.train_set) == 2

@@ -1,3 +1,4 @@
+import warnings
 from collections import Counter
 from itertools import islice
 
@@ -144,6 +145,33 @@ def test_trainer_runs_and_resume_continues_every_stream(synthetic_root, tmp_path
     first_half = fit(make_datamodule(synthetic_root), steps=2, save_to=tmp_path / "half.ckpt")
     second_half = fit(make_datamodule(synthetic_root), steps=4, ckpt_path=tmp_path / "half.ckpt")
     assert first_half + second_half == uninterrupted
+
+
+def test_resume_from_a_batch_end_checkpoint_neither_replays_nor_skips(synthetic_root, tmp_path):
+    """A checkpoint written at a batch end (ModelCheckpoint every_n_train_steps) has processed
+    that batch before Lightning counts it completed; the stream resumes after it."""
+    uninterrupted = fit(make_datamodule(synthetic_root), steps=4)
+    module = RecordingModule()
+    saver = pl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1, filename="{step}"
+    )
+    trainer = pl.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[saver],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(module, datamodule=make_datamodule(synthetic_root))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = fit(make_datamodule(synthetic_root), steps=4, ckpt_path=tmp_path / "step=1.ckpt")
+    assert module.seen[:1] + resumed == uninterrupted
+    # the loader is rebuilt at its position, which Lightning is told (no "not resumable" warning)
+    assert not [w for w in caught if "dataloader is not resumable" in str(w.message)]
 
 
 def test_domain_streams_resume_from_the_meta_steps_taken(synthetic_root):

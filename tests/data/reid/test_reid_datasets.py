@@ -82,7 +82,7 @@ def test_bad_file_name_raises_or_is_counted(tmp_path):
     write_image(root / "bounding_box_test" / "person_12.jpg")
     write_image(root / "query" / "0004_c0s1_000001_00.jpg")  # camera 0 does not exist
     # query is read before the gallery, so its bad camera digit is reported first
-    with pytest.raises(ValueError, match="0004_c0s1_000001_00.jpg.*strict=False"):
+    with pytest.raises(ValueError, match="0004_c0s1_000001_00.jpg.*data.strict=false"):
         Market1501(root)
     dataset = Market1501(root, strict=False)
     assert dataset.num_skipped == 2

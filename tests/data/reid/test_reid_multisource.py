@@ -76,6 +76,8 @@ def test_items_are_resized_uint8_with_metadata(three_domains):
     batch = next(iter(DataLoader(merged, batch_size=3)))
     assert batch["image"].shape == (3, 3, 8, 4)
     assert batch["label"].tolist() == [2, 1, 0]
+    # batches name their images, so a failing training step can report them
+    assert batch["path"] == [str(record.path) for record in three_domains[0][:3]]
 
 
 def test_bad_construction_arguments(three_domains):

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metareid.data.reid.transforms import ReIDTrainAugment
+from metareid.data.reid.transforms import ReIDTrainAugment, augment_seeded
 
 SIZE = (16, 8)
 ALL_OFF = dict(autoaugment_p=0.0, flip_p=0.0, padding=0, color_jitter_p=0.0, erasing_p=0.0)
@@ -108,3 +108,21 @@ def test_bad_inputs_are_rejected():
         augment(torch.zeros(2, 3, 32, 16))
     with pytest.raises(ValueError, match="flip_p must be a probability"):
         ReIDTrainAugment(flip_p=1.5)
+
+
+def test_seeded_augmentation_is_a_function_of_its_key_and_leaves_the_global_rng():
+    augment = ReIDTrainAugment(image_size=SIZE, autoaugment_p=0.5)
+    images = random_batch(8)
+    torch.manual_seed(0)
+    first = augment_seeded(augment, images, (42, 0, 7, 0))
+    untouched = torch.rand(4)
+    torch.manual_seed(123)  # whatever ran before (a resume starts from another state)
+    second = augment_seeded(augment, images, (42, 0, 7, 0))
+    assert torch.equal(first, second)
+    torch.manual_seed(0)
+    for key in [(42, 0, 8, 0), (42, 1, 7, 0), (42, 0, 7, 1), (43, 0, 7, 0)]:
+        assert not torch.equal(augment_seeded(augment, images, key), first), key
+    # the global generator continues as if the augmentation had not run
+    torch.manual_seed(0)
+    augment_seeded(augment, images, (42, 0, 7, 0))
+    assert torch.equal(torch.rand(4), untouched)

@@ -159,3 +159,48 @@ def test_command_line(tmp_path, capsys):
     assert list(roots) == ["synC"]
     printed = capsys.readouterr().out
     assert "synC" in printed and "bounding_box_train 4" in printed and "query 2" in printed
+
+
+def test_cache_by_settings_keeps_each_setting_in_its_own_folder(tmp_path, monkeypatch):
+    import metareid.data.reid.synthetic as synthetic
+
+    tiny = dict(domains=("synA",), ids_per_domain=4, cameras=2, images_per_id_per_camera=1)
+    first = small_tree(tmp_path, cache_by_settings=True, **tiny)["synA"]
+    other = small_tree(tmp_path, cache_by_settings=True, **tiny, seed=1)["synA"]
+    assert first.parent != other.parent and first.parent.parent == other.parent.parent == tmp_path
+    files = sorted(p.name for p in first.rglob("*.jpg"))
+    stamp = max(p.stat().st_mtime_ns for p in first.rglob("*.jpg"))
+    cache = json.loads((tmp_path / synthetic.CACHE_MANIFEST).read_text())
+    assert {s["seed"] for s in cache["folders"].values()} == {0, 1}
+    # The first setting again: reused as is, nothing rendered.
+    monkeypatch.setattr(synthetic, "_write_domain", lambda *a, **k: pytest.fail("regenerated"))
+    again = small_tree(tmp_path, cache_by_settings=True, **tiny)["synA"]
+    assert again == first and sorted(p.name for p in first.rglob("*.jpg")) == files
+    assert max(p.stat().st_mtime_ns for p in first.rglob("*.jpg")) == stamp
+    options = {**tiny, "distractors_per_domain": 2, "junk_per_domain": 1, "size": (32, 16)}
+    assert synthetic.synthetic_reid_folder(tmp_path, **options) == first.parent
+
+
+def test_cache_root_with_foreign_files_is_refused(tmp_path):
+    (tmp_path / "Market-1501").mkdir()
+    with pytest.raises(FileExistsError, match="holds no synthetic_reid_cache.json"):
+        small_tree(tmp_path, cache_by_settings=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["Market-1501"]
+
+
+def test_datamodule_entries_point_at_the_settings_folder(tmp_path):
+    from metareid.data.reid.synthetic import cached_domain_entries, synthetic_reid_folder
+
+    synthetic = {"root": str(tmp_path), "ids_per_domain": 6, "seed": 3}
+    entries = [
+        {"name": "synthetic", "root": str(tmp_path), "domain": "synA"},
+        {"name": "synthetic", "root": str(tmp_path / "synD")},
+        {"root": "/x"},
+    ]
+    redirected = cached_domain_entries(synthetic, entries)
+    folder = synthetic_reid_folder(tmp_path, ids_per_domain=6, seed=3)
+    assert redirected == [
+        {**entries[0], "root": str(folder)},
+        {**entries[1], "root": str(folder / "synD")},
+        {"root": "/x"},
+    ]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -29,7 +28,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
+
+from metareid.data.gait.frame_sampling import (
+    FrameSampler,
+    collate_batch,
+    frames_to_tensor,
+    gather_frames,
+)
+from metareid.data.gait.packed import (
+    PackedFrames,
+    has_packed_store,
+    packed_dir,
+    read_batch_packed,
+    read_packed_index,
+)
+from metareid.data.gait.safe_pickle import load_silhouette_pickle
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +84,8 @@ PARTITIONS_DIR = Path(__file__).parent / "partitions"
 PARTITION_NAME = "partition.json"
 _SPLIT_KEYS = {"train": "TRAIN_SET", "test": "TEST_SET"}
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+#: ``data.format`` values: the packed store when ``root/packed`` exists, else the pkl tree.
+FORMATS = ("auto", "packed", "pkl")
 
 
 @dataclass(frozen=True)
@@ -243,12 +260,32 @@ def load_partition(partition_file: str | Path, layout: str | GaitLayout = "casia
 
 @dataclass(frozen=True)
 class SequenceRecord:
-    """One silhouette sequence on disk."""
+    """One silhouette sequence on disk: its pkl, or (packed store) its row in the index."""
 
     subject: str
     type: str
     view: str
     path: Path
+    row: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.subject}/{self.type}/{self.view}"
+
+
+def resolve_format(root: str | Path, format: str) -> str:
+    """``"packed"`` or ``"pkl"`` for ``data.format`` (``auto``: packed when ``root/packed``
+    holds a store)."""
+    if format not in FORMATS:
+        raise ValueError(f"data.format must be one of {FORMATS}, got {format!r}")
+    if format == "auto":
+        return "packed" if has_packed_store(root) else "pkl"
+    if format == "packed" and not has_packed_store(root):
+        raise FileNotFoundError(
+            f"data.format=packed but {packed_dir(root)} holds no packed store. Build it with "
+            f"`python src/prepare.py <dataset> --pack {root}`, or set data.format=auto/pkl."
+        )
+    return format
 
 
 def read_silhouettes(path: Path, frame_width: int | None = SIL_SIZE) -> np.ndarray:
@@ -261,13 +298,7 @@ def read_silhouettes(path: Path, frame_width: int | None = SIL_SIZE) -> np.ndarr
     Returns:
         ``uint8 [T, 64, W]`` with ``T >= 1``.
     """
-    try:
-        with open(path, "rb") as handle:
-            array = pickle.load(handle)
-    except EOFError as error:
-        raise ValueError(f"{path}: empty or truncated pkl file") from error
-    except Exception as error:  # any unpickling failure means the same thing to the user
-        raise ValueError(f"{path}: cannot unpickle ({type(error).__name__}: {error})") from error
+    array = load_silhouette_pickle(path)
     if not isinstance(array, np.ndarray):
         raise ValueError(f"{path}: expected a pickled numpy array, got {type(array).__name__}")
     if array.dtype != np.uint8:
@@ -355,6 +386,9 @@ class GaitDataset(Dataset):
             are reported in ``missing_sequences``. ``None``: every type/view directory name met
             anywhere in the split (all of the dataset for a real tree, the rendered subset for
             a synthetic one). Layouts without fixed views (GREW) report only empty directories.
+        format: ``"pkl"`` (the tree), ``"packed"`` (the store in ``root/packed``, see
+            :mod:`metareid.data.gait.packed`; its frames come cut to ``W'``) or ``"auto"``
+            (packed when present).
 
     Attributes:
         layout: the :class:`GaitLayout`.
@@ -368,6 +402,9 @@ class GaitDataset(Dataset):
         missing_ids: partition ids of this split with no directory under ``root``.
         missing_sequences: ``(subject, type, view)`` absent or with an empty view directory.
         skipped: ``(path, reason)`` of sequences left out (``strict=False`` only).
+        blank_sequences, single_frame_sequences: ``"id/type/view"`` of the sequences whose
+            frames are all zero / that have a single frame (``None``: not counted, a pkl tree
+            read with ``validate=False``).
     """
 
     def __init__(
@@ -381,6 +418,7 @@ class GaitDataset(Dataset):
         validate: bool = True,
         expected_types: Sequence[str] | None = None,
         expected_views: Sequence[str] | None = None,
+        format: str = "pkl",
     ) -> None:
         self.root = Path(root)
         self.layout = get_layout(layout)
@@ -399,7 +437,17 @@ class GaitDataset(Dataset):
         self.types: tuple[str, ...] = self.layout.types
         self.skipped: list[tuple[Path, str]] = []
         self._cached: dict[int, np.ndarray] = {}
-        records = self._scan(wanted, expected_types, expected_views)
+        self.format = resolve_format(self.root, format)
+        self.store: PackedFrames | None = None
+        # Sequences whose frames are all zero / that have one frame; None until counted (a
+        # pkl tree is counted by ``validate``, a packed store from its index).
+        self.blank_sequences: list[str] | None = None
+        self.single_frame_sequences: list[str] | None = None
+        if self.format == "packed":
+            self.store = PackedFrames(read_packed_index(packed_dir(self.root)))
+            records = self._scan_packed(wanted, expected_types, expected_views)
+        else:
+            records = self._scan(wanted, expected_types, expected_views)
         self.views: tuple[str, ...] = (
             self.layout.views
             if self.layout.views is not None
@@ -407,13 +455,20 @@ class GaitDataset(Dataset):
         )
         self._set_records(records)
         self._report()
-        if validate:
+        if self.store is not None:
+            index = self.store.index
+            rows = [r.row for r in records]
+            self.blank_sequences = [records[i].name for i in np.flatnonzero(index.blank[rows])]
+            self.single_frame_sequences = [
+                records[i].name for i in np.flatnonzero(index.lengths[rows] == 1)
+            ]
+        elif validate:
             self.validate()
 
     # ------------------------------------------------------------------ scanning
     def _skip_or_raise(self, path: Path, reason: str) -> None:
         if self.strict:
-            raise ValueError(f"{path}: {reason} (pass strict=False to skip such sequences)")
+            raise ValueError(f"{path}: {reason} (set data.strict=false to skip such sequences)")
         self.skipped.append((path, reason))
 
     def _scan(
@@ -453,6 +508,67 @@ class GaitDataset(Dataset):
         self.missing_sequences = [
             (subject, t, v)
             for subject in present
+            for t in self.layout.types
+            if t in types
+            for v in self.layout.views
+            if v in views and (t, v) not in found[subject]
+        ]
+        return records
+
+    def _scan_packed(
+        self,
+        wanted: tuple[str, ...],
+        expected_types: Sequence[str] | None,
+        expected_views: Sequence[str] | None,
+    ) -> list[SequenceRecord]:
+        """The store rows of this split, checked like the tree (ids, type and view names)."""
+        index = self.store.index
+        where = index.folder / "index.json"
+        if index.layout != self.layout.name:
+            raise ValueError(
+                f"{where}: packed from a {index.layout!r} tree, but data.layout="
+                f"{self.layout.name!r}; set the layout or rebuild the store"
+            )
+        width = self.layout.frame_width
+        if width is not None and index.source_width != width:
+            raise ValueError(
+                f"{where}: frames {index.source_width} wide, {self.layout.title} needs {width}"
+            )
+        wanted_set = set(wanted)
+        on_disk = set(index.subjects)
+        self.missing_ids = [i for i in wanted if i not in on_disk]
+        if not wanted_set & on_disk:
+            raise TreeLayoutError(
+                f"None of the {len(wanted)} subject ids of {self.partition_file} (e.g. "
+                f"{list(wanted[:3])}) is in the packed store {where} (it holds e.g. "
+                f"{sorted(on_disk)[:3]}). Check data.partition_file, or rebuild the store from "
+                "the right tree."
+            )
+        records = []
+        found: dict[str, set[tuple[str, str]]] = {s: set() for s in wanted_set & on_disk}
+        for row, (subject, type_name, view) in enumerate(
+            zip(index.subjects, index.types, index.views, strict=True)
+        ):
+            if subject not in wanted_set:
+                continue
+            views = self.layout.views
+            if type_name not in self.layout.types or (views is not None and view not in views):
+                raise TreeLayoutError(
+                    f"{where}: sequence {subject}/{type_name}/{view} is not a {self.layout.title} "
+                    f"condition/{self.layout.view_word}; rebuild the store from a valid tree"
+                )
+            records.append(SequenceRecord(subject, type_name, view, index.folder, row))
+            found[subject].add((type_name, view))
+        # The directory order of the tree, so that index i is the same sequence in both formats.
+        records.sort(key=lambda r: (r.subject, r.type, r.view))
+        if self.layout.views is None:
+            self.missing_sequences = []
+            return records
+        types = set(index.types if expected_types is None else expected_types)
+        views = set(index.views if expected_views is None else expected_views)
+        self.missing_sequences = [
+            (subject, t, v)
+            for subject in sorted(found)
             for t in self.layout.types
             if t in types
             for v in self.layout.views
@@ -541,10 +657,15 @@ class GaitDataset(Dataset):
         # Per-sample integers, looked up once: GREW's view list has one name per sequence.
         type_position = {name: i for i, name in enumerate(self.types)}
         view_position = {name: i for i, name in enumerate(self.views)}
-        self._annotations = [
-            (self.subject_number(r.subject), type_position[r.type], view_position[r.view])
-            for r in records
-        ]
+        self._annotations = np.array(
+            [
+                (self.subject_number(r.subject), type_position[r.type], view_position[r.view])
+                for r in records
+            ],
+            dtype=np.int64,
+        ).reshape(len(records), 3)
+        self._label_array = np.asarray(self.labels, dtype=np.int64)
+        self._rows = np.array([-1 if r.row is None else r.row for r in records], dtype=np.int64)
 
     def _report(self) -> None:
         if self.missing_ids:
@@ -574,23 +695,31 @@ class GaitDataset(Dataset):
         Returns:
             the ``skipped`` list, now including the files found unusable here.
         """
+        if self.store is not None:
+            return self.skipped  # the index was checked against the frames file on opening
         kept = []
         arrays = {}
+        blank, single = [], []
         for record in self.samples:
             try:
                 array = read_silhouettes(record.path, self.layout.frame_width)
             except ValueError as error:
                 if self.strict:
                     raise ValueError(
-                        f"{error} (pass strict=False to skip such sequences)"
+                        f"{error} (set data.strict=false to skip such sequences)"
                     ) from None
                 self.skipped.append((record.path, str(error)))
                 continue
             if self.cache:
                 arrays[len(kept)] = array
+            if not array.any():
+                blank.append(record.name)
+            if len(array) == 1:
+                single.append(record.name)
             kept.append(record)
         self._set_records(kept)
         self._cached = arrays
+        self.blank_sequences, self.single_frame_sequences = blank, single
         if self.skipped:
             log.warning(
                 "%s split: skipped %d unusable sequences, e.g. %s",
@@ -605,7 +734,9 @@ class GaitDataset(Dataset):
         return len(self.samples)
 
     def load(self, index: int) -> np.ndarray:
-        """``uint8 [T, 64, W]`` of sequence ``index``."""
+        """``uint8 [T, 64, W]`` of sequence ``index`` (packed store: ``[T, 64, W']``, cut)."""
+        if self.store is not None:
+            return self.store.sequence(int(self._rows[index]))
         if index in self._cached:
             return self._cached[index]
         array = read_silhouettes(self.samples[index].path, self.layout.frame_width)
@@ -621,7 +752,7 @@ class GaitDataset(Dataset):
         index ``types``/``views``; ``index`` echoes the argument so that evaluation can restore
         dataset order after sharding across ranks.
         """
-        subject, type_index, view_index = self._annotations[index]
+        subject, type_index, view_index = (int(v) for v in self._annotations[index])
         return {
             "sils": self.load(index),
             "label": self.labels[index],
@@ -630,6 +761,54 @@ class GaitDataset(Dataset):
             "view_index": view_index,
             "index": index,
         }
+
+    def read_batch(
+        self,
+        indices: Sequence[int],
+        sampler: FrameSampler,
+        rng: np.random.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Sequences ``indices`` with frames chosen by ``sampler`` (from ``rng``), collated.
+
+        The packed store gathers the whole batch with one fancy index; the pkl tree loads one
+        pkl per sequence. Both pick the same frames for the same ``rng`` and give the same batch
+        (keys: see :class:`~metareid.data.gait.frame_sampling.FrameSampler`).
+        """
+        chosen = np.asarray(indices, dtype=np.int64)
+        annotations = self._annotations[chosen]
+        labels = self._label_array[chosen]
+        if self.store is not None:
+            return read_batch_packed(
+                self.store, self._rows[chosen], annotations, labels, indices, sampler, rng
+            )
+        sequences = [self.load(int(i)) for i in chosen]
+        positions, counts = sampler.positions([len(s) for s in sequences], rng)
+        return collate_batch(
+            frames_to_tensor(gather_frames(sequences, positions), cut=True),
+            counts if sampler.variable_length else None,
+            labels=labels,
+            subjects=annotations[:, 0],
+            type_index=annotations[:, 1],
+            view_index=annotations[:, 2],
+            indices=indices,
+        )
+
+    def summary(self) -> str:
+        """One line for the start-up log: format, counts, and the suspicious sequences."""
+
+        def counted(names: list[str] | None, what: str) -> str:
+            if names is None:
+                return f"{what}: not counted (validate=false)"
+            examples = f" (e.g. {', '.join(names[:3])})" if names else ""
+            return f"{what}: {len(names)}{examples}"
+
+        return (
+            f"{self.split}: {len(self)} sequences of {len(self.label_set)} subjects from the "
+            f"{self.format} {'store' if self.store is not None else 'tree'} under {self.root}, "
+            f"partition {self.partition_file}; missing ids: {len(self.missing_ids)}, skipped: "
+            f"{len(self.skipped)}, {counted(self.blank_sequences, 'all-blank sequences')}, "
+            f"{counted(self.single_frame_sequences, '1-frame sequences')}"
+        )
 
     def __repr__(self) -> str:
         return (
@@ -653,6 +832,7 @@ class CasiaBDataset(GaitDataset):
         validate: bool = True,
         expected_types: Sequence[str] | None = None,
         expected_views: Sequence[str] | None = None,
+        format: str = "pkl",
     ) -> None:
         super().__init__(
             root,
@@ -664,4 +844,39 @@ class CasiaBDataset(GaitDataset):
             validate=validate,
             expected_types=expected_types,
             expected_views=expected_views,
+            format=format,
         )
+
+
+def pack_gait_tree(
+    root: str | Path,
+    layout: str | GaitLayout = "casiab",
+    partition_file: str | Path | None = None,
+) -> Path:
+    """Write the packed store ``root/packed`` of the pkl tree at ``root``.
+
+    Packs the sequences of every partition id (train and test) present, in the tree's order,
+    after the same checks as loading the tree (layout, partition, readable uint8 pkls of the
+    layout's width); ids outside the partition are left out.
+
+    Returns:
+        The store folder.
+    """
+    from metareid.data.gait.packed import write_packed_store
+
+    layout = get_layout(layout)
+    splits = [
+        GaitDataset(root, partition_file, split, layout=layout, validate=False, format="pkl")
+        for split in ("train", "test")
+    ]
+    records = sorted(
+        (r for dataset in splits for r in dataset.samples),
+        key=lambda r: (r.subject, r.type, r.view),
+    )
+
+    def sequences():
+        for record in records:
+            array = read_silhouettes(record.path, layout.frame_width)
+            yield record.subject, record.type, record.view, array
+
+    return write_packed_store(root, sequences(), layout=layout.name, source=str(root))

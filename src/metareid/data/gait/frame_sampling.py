@@ -17,18 +17,24 @@ Modes (``sample_type``):
 Sequences of one batch are never concatenated along time: variable-length batches are zero-padded
 to the longest sequence and carry ``seq_lens`` so the network can mask the padding.
 
-Determinism: all randomness comes from one ``numpy.random.Generator`` per process, seeded from
-``(seed, worker_id)`` (the main process counts as worker 0). Given the seed, the order of batches a
-worker collates and ``worker_init_fn`` (or the automatic re-seed on the first call inside a
-worker), the frames drawn are reproducible. Workers restarted by a non-persistent ``DataLoader``
-restart their streams, so use ``persistent_workers=True`` (or a seed that changes per epoch) when
-the same batches would otherwise be collated twice.
+Determinism: training batches come numbered (:class:`BatchRequest`) and the frames of all their
+positions are drawn from one generator seeded with ``(seed, rank, batch number)``
+(:meth:`FrameSampler.batch_rng`). The sequences of batch ``b`` are themselves a function of
+``(seed, b)`` (``IdentityBatchSampler``), so the frames at each position of batch ``b`` are a pure
+function of ``(seed, rank, b, position)``: the same with or without workers, and the same in a
+resumed run as in the uninterrupted one (tested in ``tests/data/gait/test_gait_formats.py``).
+A sampler called with bare items (``FrameSampler(items)``, no batch number) falls back to one
+stream per process seeded from ``(seed, worker_id)``.
+
+Every mode draws the frame positions of a whole batch at once (:meth:`FrameSampler.positions`),
+so the packed store gathers a batch with one fancy index, and the pkl tree and the packed store
+pick the same frames.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,6 +59,11 @@ def wrapped_window(length: int, window: int, start: int) -> np.ndarray:
     return (start + np.arange(window)) % length
 
 
+def cut_width(width: int) -> int:
+    """Columns dropped on each side of a ``width``-wide frame: ``⌊width/64⌋·10`` (64 → 44)."""
+    return (width // 64) * 10
+
+
 def cut_silhouettes(sils: np.ndarray) -> np.ndarray:
     """Drop ``⌊w/64⌋·10`` columns on each side (64 → 44) and scale to [0, 1].
 
@@ -63,12 +74,42 @@ def cut_silhouettes(sils: np.ndarray) -> np.ndarray:
         ``float32 [..., h, w - 2·⌊w/64⌋·10]``.
     """
     width = sils.shape[-1]
-    cut = (width // 64) * 10
+    cut = cut_width(width)
     return sils[..., cut : width - cut].astype(np.float32) / 255.0
 
 
+@dataclass(frozen=True)
+class BatchRequest:
+    """What a numbered batch sampler yields: the batch's dataset indices and its global number.
+
+    The number keys the frame draw (:meth:`FrameSampler.batch_rng`), so a batch's frames do not
+    depend on which worker collates it or on where a run was resumed.
+    """
+
+    number: int
+    indices: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def frames_to_tensor(frames: np.ndarray, cut: bool) -> torch.Tensor:
+    """``uint8 [n, s, h, w]`` → float32 in [0, 1], cutting ``⌊w/64⌋·10`` columns per side when
+    ``cut`` (frames of the packed store are cut when packed and come with ``cut=False``)."""
+    if cut:
+        width = frames.shape[-1]
+        frames = frames[..., cut_width(width) : width - cut_width(width)]
+    scaled = torch.empty(frames.shape, dtype=torch.float32)
+    if get_worker_info() is not None:
+        # Written straight into shared memory: the worker then hands the batch to the main
+        # process without the extra copy DataLoader would make to move it there.
+        scaled.share_memory_()
+    np.divide(frames, np.float32(255.0), out=scaled.numpy(), dtype=np.float32)
+    return scaled
+
+
 class FrameSampler:
-    """Collate function: picks frames of each sequence and stacks a batch.
+    """Picks the frames of each sequence of a batch and stacks the batch.
 
     Args:
         sample_type: one of ``SAMPLE_TYPES`` (see the module docstring).
@@ -76,10 +117,12 @@ class FrameSampler:
         frames_skip_num: ``S`` of the ordered ``fixed``/``unfixed`` modes.
         frames_num_min, frames_num_max: inclusive range of ``F`` for the ``unfixed_*`` modes.
         frames_all_limit: optional cap on frames per sequence in the ``all_*`` modes.
-        seed: base seed of the frame-choice random stream.
+        seed: base seed of the frame-choice random streams.
 
-    Call with a list of dataset items (dicts with ``sils`` uint8 ``[T, 64, W]``, ``label``,
-    ``subject``, ``type_index``, ``view_index`` and optionally ``index``); returns
+    The gait datasets call :meth:`positions` with a whole batch's lengths and gather the frames
+    themselves. Called as a collate function with a list of dataset items (dicts with ``sils``
+    uint8 ``[T, 64, W]``, ``label``, ``subject``, ``type_index``, ``view_index`` and optionally
+    ``index``) it returns
 
     - ``sils``: float32 ``[n, s, 64, W - 2·⌊W/64⌋·10]`` in [0, 1] (zero-padded to the longest
       sequence in variable-length modes),
@@ -120,45 +163,112 @@ class FrameSampler:
 
     # -------------------------------------------------------------- randomness
     def reseed(self, worker_id: int) -> None:
-        """Restart the random stream at ``(seed, worker_id)``."""
+        """Restart the per-process fallback stream at ``(seed, worker_id)``."""
         self.worker_id = worker_id
         self.rng = np.random.default_rng([self.seed, worker_id])
 
     def worker_init_fn(self, worker_id: int) -> None:
-        """``DataLoader(worker_init_fn=...)`` hook: give each worker its own stream.
+        """``DataLoader(worker_init_fn=...)`` hook: give each worker its own fallback stream.
 
-        Runs inside the worker, on the worker's copy of this object (the same copy that is
-        used as its ``collate_fn``).
+        Runs inside the worker, on the worker's copy of this object. Numbered batches
+        (:class:`BatchRequest`) do not use it.
         """
         self.reseed(worker_id)
+
+    def batch_rng(self, batch_number: int, rank: int = 0) -> np.random.Generator:
+        """The generator of global batch ``batch_number`` on ``rank``: a pure function of
+        ``(seed, rank, batch_number)``."""
+        return np.random.default_rng([self.seed, rank, batch_number, 0x6A17])
 
     @property
     def variable_length(self) -> bool:
         """Whether batches carry ``seq_lens`` (``unfixed_*`` and ``all_*`` modes)."""
         return self.amount != "fixed"
 
+    @property
+    def random(self) -> bool:
+        """Whether the mode draws anything (``all_*`` modes do not)."""
+        return self.amount != "all"
+
     # ---------------------------------------------------------------- sampling
-    def sample_indices(self, length: int) -> np.ndarray:
-        """Frame indices (int64 ``[F]``) to take from a sequence of ``length`` frames."""
-        if length < 1:
+    def positions(
+        self, lengths: Sequence[int] | np.ndarray, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Frame indices for a whole batch, drawn row by row from ``rng`` in one vectorised pass.
+
+        Args:
+            lengths: frames of each sequence, ``[n]``, all >= 1.
+            rng: the batch's generator (default: the per-process stream).
+
+        Returns:
+            ``positions`` int64 ``[n, s]`` (frame index within its sequence, ``-1`` past the
+            row's count) and ``counts`` int64 ``[n]`` (frames taken per row; ``s = counts.max()``).
+        """
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if lengths.ndim != 1 or len(lengths) == 0:
+            raise ValueError("positions() needs a non-empty 1-D list of sequence lengths")
+        if lengths.min() < 1:
             raise ValueError("cannot sample frames from an empty sequence")
+        rng = self.rng if rng is None else rng
+        n = len(lengths)
         if self.amount == "all":
-            count = length if self.frames_all_limit is None else min(length, self.frames_all_limit)
-            return np.arange(count)
+            counts = (
+                lengths
+                if self.frames_all_limit is None
+                else np.minimum(lengths, self.frames_all_limit)
+            )
+            columns = np.arange(counts.max())
+            return np.where(columns < counts[:, None], columns, -1), counts
         if self.amount == "fixed":
-            count = self.frames_num_fixed
+            counts = np.full(n, self.frames_num_fixed, dtype=np.int64)
         else:
-            count = int(self.rng.integers(self.frames_num_min, self.frames_num_max + 1))
+            counts = rng.integers(self.frames_num_min, self.frames_num_max + 1, size=n)
+        width = int(counts.max())
+        columns = np.arange(width)
         if self.order == "unordered":
-            return self.rng.choice(length, size=count, replace=length < count)
-        window = count + self.frames_skip_num
-        repeated_length = length * math.ceil(window / length)
-        start = int(self.rng.integers(0, repeated_length - window + 1))
-        positions = wrapped_window(length, window, start)
-        if self.frames_skip_num:
-            keep = np.sort(self.rng.choice(window, size=count, replace=False))
-            positions = positions[keep]
-        return positions
+            positions = self._unordered(lengths, counts, width, rng)
+        else:
+            positions = self._ordered(lengths, counts, width, rng)
+        return np.where(columns < counts[:, None], positions, -1), counts
+
+    def _ordered(
+        self, lengths: np.ndarray, counts: np.ndarray, width: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        # A window of count + S positions starts uniformly in the sequence repeated
+        # ceil(window / length) times; with S > 0 a sorted random count-subset of it is kept.
+        skip = self.frames_skip_num
+        windows = counts + skip
+        repeated = lengths * -(-windows // lengths)
+        starts = rng.integers(0, repeated - windows + 1)
+        window_columns = np.arange(width + skip)
+        positions = (starts[:, None] + window_columns) % lengths[:, None]
+        if not skip:
+            return positions
+        keys = rng.random((len(lengths), width + skip))
+        keys[window_columns >= windows[:, None]] = np.inf
+        kept = np.argsort(keys, axis=1, kind="stable")[:, :width]
+        kept = np.where(np.arange(width) < counts[:, None], kept, width + skip)
+        kept = np.sort(kept, axis=1)
+        return np.take_along_axis(positions, np.minimum(kept, width + skip - 1), axis=1)
+
+    def _unordered(
+        self, lengths: np.ndarray, counts: np.ndarray, width: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        # Without replacement (a random permutation's first `count`) unless the sequence is
+        # shorter than `count`; in drawing order.
+        longest = int(lengths.max())
+        keys = rng.random((len(lengths), longest))
+        keys[np.arange(longest) >= lengths[:, None]] = np.inf
+        permuted = np.argsort(keys, axis=1, kind="stable")
+        if longest < width:
+            permuted = np.pad(permuted, ((0, 0), (0, width - longest)))
+        with_replacement = rng.integers(0, lengths[:, None], size=(len(lengths), width))
+        return np.where((lengths < counts)[:, None], with_replacement, permuted[:, :width])
+
+    def sample_indices(self, length: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Frame indices (int64 ``[F]``) to take from one sequence of ``length`` frames."""
+        positions, counts = self.positions([length], rng)
+        return positions[0, : counts[0]]
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         info = get_worker_info()
@@ -166,29 +276,70 @@ class FrameSampler:
             # Safety net for loaders built without ``worker_init_fn``: forked workers would
             # otherwise all replay the parent's stream.
             self.reseed(info.id)
-        clips = [item["sils"][self.sample_indices(len(item["sils"]))] for item in items]
-        lengths = [len(clip) for clip in clips]
-        height, width = clips[0].shape[1:]
-        if any(clip.shape[1:] != (height, width) for clip in clips):
-            raise ValueError(
-                f"all sequences of a batch must share the frame size; got "
-                f"{sorted({tuple(c.shape[1:]) for c in clips})}"
-            )
-        padded = np.zeros((len(clips), max(lengths), height, width), dtype=np.uint8)
-        for row, clip in enumerate(clips):
-            padded[row, : len(clip)] = clip
-        batch = {
-            "sils": torch.from_numpy(cut_silhouettes(padded)),
-            "labels": torch.tensor([item["label"] for item in items], dtype=torch.long),
-            "subjects": torch.tensor([item["subject"] for item in items], dtype=torch.long),
-            "type_index": torch.tensor([item["type_index"] for item in items], dtype=torch.long),
-            "view_index": torch.tensor([item["view_index"] for item in items], dtype=torch.long),
-        }
-        if self.variable_length:
-            batch["seq_lens"] = torch.tensor(lengths, dtype=torch.long)
-        if all("index" in item for item in items):
-            batch["indices"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
-        return batch
+        sequences = [item["sils"] for item in items]
+        positions, counts = self.positions([len(sils) for sils in sequences])
+        frames = gather_frames(sequences, positions)
+        return collate_batch(
+            frames_to_tensor(frames, cut=True),
+            counts if self.variable_length else None,
+            labels=[item["label"] for item in items],
+            subjects=[item["subject"] for item in items],
+            type_index=[item["type_index"] for item in items],
+            view_index=[item["view_index"] for item in items],
+            indices=[item["index"] for item in items] if all("index" in i for i in items) else None,
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(sample_type={self.sample_type!r}, seed={self.seed})"
+
+
+def gather_frames(sequences: Sequence[np.ndarray], positions: np.ndarray) -> np.ndarray:
+    """Stack the frames ``positions`` picks from each sequence (pkl path: one array each).
+
+    Args:
+        sequences: ``uint8 [T_i, h, w]`` per row.
+        positions: int64 ``[n, s]``, ``-1`` = padding (left zero).
+
+    Returns:
+        ``uint8 [n, s, h, w]``.
+    """
+    height, width = sequences[0].shape[1:]
+    if any(sils.shape[1:] != (height, width) for sils in sequences):
+        raise ValueError(
+            f"all sequences of a batch must share the frame size; got "
+            f"{sorted({tuple(s.shape[1:]) for s in sequences})}"
+        )
+    frames = np.zeros((len(sequences), positions.shape[1], height, width), dtype=np.uint8)
+    for row, sils in enumerate(sequences):
+        valid = positions[row] >= 0
+        frames[row, valid] = sils[positions[row, valid]]
+    return frames
+
+
+def collate_batch(
+    sils: torch.Tensor,
+    counts: np.ndarray | None,
+    *,
+    labels: Sequence[int],
+    subjects: Sequence[int],
+    type_index: Sequence[int],
+    view_index: Sequence[int],
+    indices: Sequence[int] | None,
+) -> dict[str, torch.Tensor]:
+    """The batch dict of the gait tasks (keys: see :class:`FrameSampler`)."""
+
+    def longs(values: Sequence[int] | np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(values, dtype=np.int64))
+
+    batch = {
+        "sils": sils,
+        "labels": longs(labels),
+        "subjects": longs(subjects),
+        "type_index": longs(type_index),
+        "view_index": longs(view_index),
+    }
+    if counts is not None:
+        batch["seq_lens"] = longs(counts)
+    if indices is not None:
+        batch["indices"] = longs(indices)
+    return batch

@@ -24,18 +24,25 @@ CLI: ``python -m metareid.data.gait.synthetic --out DIR [--num-subjects 40 ...]`
 from __future__ import annotations
 
 import argparse
+import hashlib
+import inspect
 import json
+import os
 import pickle
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from metareid.data.gait.casiab import SIL_SIZE, TYPES, VIEWS
+from metareid.data.gait.packed import has_packed_store, write_packed_store
 
 MARKER_FILE = ".synthetic_casiab"
+#: Written at the top of a cache root by :func:`ensure_synthetic_casiab`: the settings of each
+#: dataset below it (one sub-folder per settings hash).
+CACHE_MANIFEST = "synthetic_casiab_cache.json"
 PARTITION_FILE = "partition.json"
 CANVAS_WIDTH = 96  # columns rendered around the torso before centring on the mass median
 # Frames rendered per vectorised pass. Small enough that the temporary arrays (~15 MB) stay
@@ -542,6 +549,7 @@ def generate_synthetic_casiab(
     types: Sequence[str] = TYPES,
     frames: Sequence[int] = (20, 40),
     seed: int = 0,
+    packed: bool = False,
 ) -> Path:
     """Write a synthetic CASIA-B pkl tree and its partition into ``root``.
 
@@ -556,6 +564,8 @@ def generate_synthetic_casiab(
         types: CASIA-B conditions to render.
         frames: inclusive ``(min, max)`` number of frames per sequence.
         seed: generator seed.
+        packed: also write the packed store ``root/packed`` (same frames, see
+            :mod:`metareid.data.gait.packed`).
 
     Returns:
         Path of the partition JSON (``root/partition.json``).
@@ -593,16 +603,23 @@ def generate_synthetic_casiab(
                 )
                 jobs.append((subject, type_name, view, params))
 
-    chunk: list = []
-    chunk_frames = 0
-    for job in jobs:
-        chunk.append(job)
-        chunk_frames += job[3]["num_frames"]
-        if chunk_frames >= FRAMES_PER_CHUNK:
-            _render_and_write(root, chunk)
-            chunk, chunk_frames = [], 0
-    if chunk:
-        _render_and_write(root, chunk)
+    def rendered():
+        chunk: list = []
+        chunk_frames = 0
+        for job in jobs:
+            chunk.append(job)
+            chunk_frames += job[3]["num_frames"]
+            if chunk_frames >= FRAMES_PER_CHUNK:
+                yield from _render_and_write(root, chunk)
+                chunk, chunk_frames = [], 0
+        if chunk:
+            yield from _render_and_write(root, chunk)
+
+    if packed:
+        write_packed_store(root, rendered(), layout="casiab", source=f"synthetic CASIA-B {root}")
+    else:
+        for _ in rendered():
+            pass
 
     ids = [f"{s:03d}" for s in range(1, num_subjects + 1)]
     partition = root / PARTITION_FILE
@@ -612,8 +629,9 @@ def generate_synthetic_casiab(
     return partition
 
 
-def _render_and_write(root: Path, jobs: list) -> None:
-    """Render a chunk of sequences in one vectorised pass and pickle each one."""
+def _render_and_write(root: Path, jobs: list) -> Iterator[tuple[str, str, str, np.ndarray]]:
+    """Render a chunk of sequences in one vectorised pass, pickle each one and yield
+    ``(id, type, view, uint8 [T, 64, 64])``."""
     lengths = np.array([params["num_frames"] for *_, params in jobs])
     sequence_of_frame = np.repeat(np.arange(len(jobs)), lengths)
     frame_in_sequence = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
@@ -630,8 +648,107 @@ def _render_and_write(root: Path, jobs: list) -> None:
     ):
         folder = root / f"{subject:03d}" / type_name / view
         folder.mkdir(parents=True, exist_ok=True)
+        sequence = np.ascontiguousarray(frames[begin:end])
         with open(folder / f"{view}.pkl", "wb") as handle:
-            pickle.dump(np.ascontiguousarray(frames[begin:end]), handle, protocol=4)
+            pickle.dump(sequence, handle, protocol=4)
+        yield f"{subject:03d}", type_name, view, sequence
+
+
+#: The settings of :func:`generate_synthetic_casiab` with their defaults (what a cache key hashes).
+GENERATOR_DEFAULTS: dict = {
+    name: parameter.default
+    for name, parameter in inspect.signature(generate_synthetic_casiab).parameters.items()
+    if name not in ("root", "packed")
+}
+
+
+def synthetic_settings(**settings) -> dict:
+    """The full generator arguments (defaults filled in, lists normalised) of ``settings``.
+
+    Raises:
+        ValueError: for an argument ``generate_synthetic_casiab`` does not take.
+    """
+    defaults = GENERATOR_DEFAULTS
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"data.synthetic: unknown generator setting(s) {unknown}; known: {sorted(defaults)}"
+        )
+    full = {**defaults, **settings}
+    full["views"] = list(_normalise_views(full["views"]))
+    full["types"] = [str(t) for t in full["types"]]
+    full["frames"] = [int(f) for f in full["frames"]]
+    for key in ("num_subjects", "train_subjects", "seed"):
+        full[key] = int(full[key])
+    return full
+
+
+def synthetic_casiab_folder(root: str | Path, **settings) -> Path:
+    """Where :func:`ensure_synthetic_casiab` keeps the dataset of ``settings`` under ``root``:
+    ``root/<hash of the full settings>``, so two settings never share a folder."""
+    full = synthetic_settings(**settings)
+    digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(root) / f"casiab-{digest}"
+
+
+def _check_cache_root(root: Path) -> None:
+    """Refuse a ``root`` that holds anything but the generator's own output (a mistyped
+    ``data.root`` pointing at real data must never be written into)."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise NotADirectoryError(
+            f"data.root={str(root)!r} is a file; the synthetic CASIA-B needs a folder"
+        )
+    visible = [c for c in root.iterdir() if not c.name.startswith(".")]
+    own = (root / CACHE_MANIFEST).is_file() or (root / MARKER_FILE).is_file()
+    if visible and not own:
+        raise FileExistsError(
+            f"data.root={str(root)!r} is not empty and holds no {CACHE_MANIFEST} of the synthetic "
+            f"CASIA-B generator (found e.g. {sorted(c.name for c in visible)[:3]}); nothing was "
+            "written. Point data.root at an empty or new folder (or one the generator wrote), or "
+            "drop data.synthetic to read the real dataset there."
+        )
+
+
+def ensure_synthetic_casiab(root: str | Path, packed: bool = True, **settings) -> Path:
+    """The synthetic CASIA-B of ``settings`` under the cache root ``root``, generated if absent.
+
+    Each settings get their own folder (:func:`synthetic_casiab_folder`), generated into a
+    temporary folder and renamed into place, so changing a setting never regenerates or
+    overwrites another's data and an interrupted generation is never taken as complete.
+    ``root`` must be absent, empty or already the generator's (``CACHE_MANIFEST``).
+
+    Args:
+        root: cache root (``data.root`` of ``data=casiab_synthetic``).
+        packed: also write (or add to an existing folder) the packed store.
+        settings: arguments of :func:`generate_synthetic_casiab`.
+
+    Returns:
+        The dataset folder (a pkl tree with ``partition.json``, and ``packed/`` when asked).
+    """
+    root = Path(root)
+    _check_cache_root(root)
+    full = synthetic_settings(**settings)
+    folder = synthetic_casiab_folder(root, **settings)
+    root.mkdir(parents=True, exist_ok=True)
+    manifest_path = root / CACHE_MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest.setdefault("generator", "metareid.data.gait.synthetic")
+    manifest.setdefault("datasets", {})
+    manifest["datasets"][folder.name] = full
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    if (folder / PARTITION_FILE).is_file():
+        if packed and not has_packed_store(folder):
+            from metareid.data.gait.casiab import pack_gait_tree
+
+            pack_gait_tree(folder, "casiab", folder / PARTITION_FILE)
+        return folder
+    partial = root / f".{folder.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    generate_synthetic_casiab(partial, packed=packed, **full)
+    os.replace(partial, folder)
+    return folder
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

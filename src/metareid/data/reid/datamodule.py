@@ -7,8 +7,11 @@ iteration), so single-domain images are not decoded for iterations that do not u
 
 Each loader has its own :class:`~metareid.data.samplers.IdentityBatchSampler` seeded with
 ``seed + loader position``, so the streams are independent, identical on every rank before
-sharding, and a resumed run continues them (the merged one from the completed training steps, the
-domain ones from the number of meta steps taken, which the caller passes).
+sharding, and a resumed run continues them: the merged one from the LightningModule's
+``merged_stream_start`` (the merged batches it has drawn, kept in its checkpoint; a module without
+it resumes from the training steps Lightning has processed), the domain ones from the number of
+meta steps taken, which the caller passes. ``merged_dataloader`` gives a stretch of the merged
+stream outside Lightning's loop (the ACL first iteration's extra basic steps).
 
 Evaluation gives one loader per target domain over its query followed by its gallery.
 """
@@ -71,6 +74,21 @@ def _dataset_from_entry(
     return dataset
 
 
+class _PositionedLoader(DataLoader):
+    """A training loader whose sampler starts where the run stands when it is built.
+
+    Its position comes from counters saved in the checkpoint (``start_batch``), so it keeps no
+    state of its own; the empty state-dict interface tells Lightning that it resumes mid-epoch
+    correctly, instead of warning that it cannot.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        del state_dict  # the position was set at construction
+
+
 class ReIDDataModule(pl.LightningDataModule):
     """Multi-source training and per-target evaluation data for DR50-style ReID.
 
@@ -130,6 +148,12 @@ class ReIDDataModule(pl.LightningDataModule):
         self.test_batch_size = test_batch_size
         self.strict = strict
         self.synthetic = dict(synthetic) if synthetic else None
+        if self.synthetic is not None:
+            from metareid.data.reid.synthetic import cached_domain_entries
+
+            # Each generator setting has its own cached folder under synthetic.root.
+            self.sources = cached_domain_entries(self.synthetic, self.sources)
+            self.targets = cached_domain_entries(self.synthetic, self.targets)
         self.train_set: MultiSourceTrainSet | None = None
         self.domain_sets: list[SingleDomainView] = []
         self.test_sets: dict[str, ReIDTestSet] = {}
@@ -141,7 +165,7 @@ class ReIDDataModule(pl.LightningDataModule):
         from metareid.data.reid.synthetic import generate_synthetic_reid
 
         log.info("Ensuring synthetic ReID domains under %s", self.synthetic.get("root"))
-        generate_synthetic_reid(**self.synthetic)
+        generate_synthetic_reid(**self.synthetic, cache_by_settings=True)
 
     def _build_train_set(self) -> MultiSourceTrainSet:
         if self.train_set is None:
@@ -221,13 +245,18 @@ class ReIDDataModule(pl.LightningDataModule):
             return 0, 1
         return self.trainer.global_rank, self.trainer.world_size
 
-    def _completed_steps(self) -> int:
-        # Every training step draws one merged batch, so the number of completed steps is where
-        # its sampler resumes. global_step would over-count: with manual optimisation it counts
-        # each optimiser's steps.
+    def _train_stream_start(self) -> int:
+        """Number of the merged batch the training loader yields first."""
         if self.trainer is None:
             return 0
-        return self.trainer.fit_loop.epoch_loop.batch_progress.total.completed
+        start = getattr(self.trainer.lightning_module, "merged_stream_start", None)
+        if start is not None:
+            return int(start)
+        # One merged batch per training step. `processed`, not `completed`: a checkpoint written
+        # at a batch end has processed that batch before Lightning counts it completed (Lightning
+        # catches up only after this loader is built). global_step would over-count: with manual
+        # optimisation it counts each optimiser's steps.
+        return self.trainer.fit_loop.epoch_loop.batch_progress.total.processed
 
     @property
     def iters_per_epoch(self) -> int:
@@ -241,6 +270,8 @@ class ReIDDataModule(pl.LightningDataModule):
         seed: int,
         start_batch: int,
         batches_per_epoch: int | None,
+        persistent_workers: bool = True,
+        loader_class: type[DataLoader] = DataLoader,
     ) -> DataLoader:
         rank, world = self._rank_world()
         sampler = IdentityBatchSampler(
@@ -253,11 +284,11 @@ class ReIDDataModule(pl.LightningDataModule):
             start_batch=start_batch,
             batches_per_epoch=batches_per_epoch,
         )
-        return DataLoader(
+        return loader_class(
             dataset,
             batch_sampler=sampler,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=persistent_workers and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 
@@ -267,8 +298,22 @@ class ReIDDataModule(pl.LightningDataModule):
             self._build_train_set(),
             self.batch_size,
             self.seed,
-            start_batch=self._completed_steps(),
+            start_batch=self._train_stream_start(),
             batches_per_epoch=self.iters_per_epoch,
+            loader_class=_PositionedLoader,
+        )
+
+    def merged_dataloader(self, start_batch: int, num_batches: int) -> DataLoader:
+        """Merged batches ``start_batch, ..., start_batch + num_batches - 1`` of the stream that
+        ``train_dataloader`` continues (same sampler seed), for batches drawn outside Lightning's
+        loop."""
+        return self._identity_loader(
+            self._build_train_set(),
+            self.batch_size,
+            self.seed,
+            start_batch=start_batch,
+            batches_per_epoch=num_batches,
+            persistent_workers=False,
         )
 
     def domain_dataloaders(self, start_batch: int = 0) -> list[DataLoader]:

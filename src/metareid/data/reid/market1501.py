@@ -53,7 +53,7 @@ def read_market_style_folder(
                 raise ValueError(
                     f"{path}: file name does not follow the Market-1501 pattern "
                     f"'<pid>_c<camera 1-9>...' (regex {pattern.pattern!r}, e.g. "
-                    "0002_c1s1_000451_03.jpg). Rename or remove the file, or pass strict=False "
+                    "0002_c1s1_000451_03.jpg). Rename or remove the file, or set data.strict=false "
                     "to skip such files."
                 )
             num_skipped += 1
@@ -108,6 +108,8 @@ class Market1501(ReIDDataset):
                 return candidate
         if not root.exists():
             raise FileNotFoundError(f"{cls.__name__} root {root} does not exist.")
+        if not root.is_dir():
+            raise FileNotFoundError(f"{cls.__name__} root {root} is a file, not a folder.")
         # Report against the candidate that got furthest, so the message names what is missing.
         best = max(
             candidates, key=lambda c: sum((c / sub).is_dir() for sub in MARKET_SPLIT_FOLDERS)

@@ -97,7 +97,8 @@ class MultiSourceTrainSet(Dataset):
         label_offsets: first global label of each domain.
 
     Items are dicts with ``image`` (``uint8 [3, H, W]``), ``label``, ``camid`` and ``domain_id``
-    (``int64`` scalars).
+    (``int64`` scalars) and ``path`` (the image file as ``str``; batches carry a list of them, so
+    a failing training step can name its images).
     """
 
     def __init__(
@@ -163,6 +164,7 @@ class MultiSourceTrainSet(Dataset):
             "label": torch.tensor(self.labels[index], dtype=torch.int64),
             "camid": torch.tensor(self.camids[index], dtype=torch.int64),
             "domain_id": torch.tensor(self.domain_ids[index], dtype=torch.int64),
+            "path": str(self.items[index].path),
         }
 
     def domain_view(self, domain_id: int) -> SingleDomainView:

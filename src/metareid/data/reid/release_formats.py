@@ -142,7 +142,7 @@ class MSMT17(ReIDDataset):
                 if strict:
                     raise ValueError(
                         f"{list_path}:{number}: {error}. Fix the line or re-run "
-                        "`python src/prepare.py msmt17`, or pass strict=False to skip it."
+                        "`python src/prepare.py msmt17`, or set data.strict=false to skip it."
                     ) from error
                 self.num_skipped += 1
                 continue
@@ -203,7 +203,7 @@ class CUHK03(ReIDDataset):
                 if strict:
                     raise FileNotFoundError(
                         f"{path} (listed in {split_path}) is missing; re-run "
-                        "`python src/prepare.py cuhk03` (it is resumable) or pass strict=False."
+                        "`python src/prepare.py cuhk03` (it is resumable) or set data.strict=false."
                     )
                 self.num_skipped += 1
                 continue
@@ -253,7 +253,9 @@ class CUHKSYSU(ReIDDataset):
                 pid = cuhksysu_pid(path.name)
             except ValueError as error:
                 if strict:
-                    raise ValueError(f"{path}: {error}; rename it or pass strict=False") from error
+                    raise ValueError(
+                        f"{path}: {error}; rename it or set data.strict=false"
+                    ) from error
                 self.num_skipped += 1
                 continue
             self.train.append(ReIDImage(path=path, pid=pid, camid=0, domain=self.name))

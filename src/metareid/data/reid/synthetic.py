@@ -28,11 +28,14 @@ Command line: ``python -m metareid.data.reid.synthetic --out DIR``.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import inspect
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +51,8 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "synthetic_reid.json"
+#: Marks a cache root of ``cache_by_settings=True`` (one ``reid-<hash>`` folder per setting).
+CACHE_MANIFEST = "synthetic_reid_cache.json"
 SPLIT_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
 # Rendering at twice the output size and shrinking with antialiasing gives smooth body edges.
 SUPERSAMPLE = 2
@@ -618,6 +623,7 @@ def generate_synthetic_reid(
     junk_per_domain: int = 4,
     styles: dict[str, DomainStyle] | None = None,
     overwrite: bool = False,
+    cache_by_settings: bool = False,
 ) -> dict[str, Path]:
     """Write synthetic ReID domains in the Market-1501 layout.
 
@@ -639,6 +645,10 @@ def generate_synthetic_reid(
         junk_per_domain: extra gallery crops written as pid -1 (readers drop them).
         styles: per-domain style overrides.
         overwrite: regenerate domains whose folder exists with other parameters.
+        cache_by_settings: write into ``root/reid-<hash of the settings>``
+            (:func:`synthetic_reid_folder`) instead of ``root``: each setting keeps its own
+            folder, so changing one never regenerates or overwrites another's domains (what the
+            DataModule uses). ``root`` must then be absent, empty or the generator's.
 
     Returns:
         Mapping domain name -> domain folder.
@@ -662,6 +672,30 @@ def generate_synthetic_reid(
         raise ValueError(f"domains must be non-empty and unique, got {list(domains)}")
     root = Path(root).expanduser()
     styles = dict(styles or {})
+    if cache_by_settings:
+        cache_root = root
+        _check_cache_root(cache_root)
+        settings = _full_settings(
+            domains=domains,
+            ids_per_domain=ids_per_domain,
+            cameras=cameras,
+            images_per_id_per_camera=images_per_id_per_camera,
+            size=size,
+            seed=seed,
+            train_fraction=train_fraction,
+            distractors_per_domain=distractors_per_domain,
+            junk_per_domain=junk_per_domain,
+            styles=styles,
+        )
+        root = _settings_folder(cache_root, settings)
+        cache_root.mkdir(parents=True, exist_ok=True)
+        manifest_path = cache_root / CACHE_MANIFEST
+        cache = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        cache.setdefault("generator", "metareid.data.reid.synthetic")
+        cache.setdefault("folders", {})[root.name] = settings
+        manifest_path.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        # The folder belongs to these settings alone: a half-written domain is simply redone.
+        overwrite = True
     manifest = {
         "generator": "metareid.data.reid.synthetic",
         "version": 1,
@@ -712,6 +746,73 @@ def generate_synthetic_reid(
             (int(size[0]), int(size[1])),
         )
     return domain_roots
+
+
+_NOT_SETTINGS = ("root", "overwrite", "cache_by_settings")
+
+
+def _full_settings(**settings: Any) -> dict[str, Any]:
+    """Generator settings with defaults filled in, as plain JSON values."""
+    parameters = inspect.signature(generate_synthetic_reid).parameters
+    unknown = sorted(set(settings) - set(parameters) - set(_NOT_SETTINGS))
+    if unknown:
+        raise ValueError(f"data.synthetic: unknown generator setting(s) {unknown}")
+    full = {
+        name: settings.get(name, parameter.default)
+        for name, parameter in parameters.items()
+        if name not in _NOT_SETTINGS
+    }
+    full["domains"] = list(full["domains"])
+    full["size"] = [int(v) for v in full["size"]]
+    full["styles"] = {
+        name: asdict(style) for name, style in sorted(dict(full["styles"] or {}).items())
+    }
+    return json.loads(json.dumps(full, sort_keys=True))
+
+
+def _settings_folder(root: Path, full: Mapping[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:12]
+    return root / f"reid-{digest}"
+
+
+def synthetic_reid_folder(root: str | Path, **settings: Any) -> Path:
+    """Where ``generate_synthetic_reid(root, cache_by_settings=True, **settings)`` writes:
+    ``root/reid-<hash of the full settings>`` (defaults filled in)."""
+    return _settings_folder(Path(root).expanduser(), _full_settings(**settings))
+
+
+def cached_domain_entries(
+    synthetic: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """``data.sources``/``data.targets`` entries redirected into the settings folder that
+    ``cache_by_settings=True`` generates: a ``root`` equal to the synthetic root, or to one of
+    its domain folders (``<root>/<domain>``), moves into ``<root>/reid-<hash>``."""
+    root = Path(synthetic["root"]).expanduser()
+    settings = {key: value for key, value in synthetic.items() if key not in _NOT_SETTINGS}
+    folder = synthetic_reid_folder(root, **settings)
+    redirected = []
+    for entry in entries:
+        entry = dict(entry)
+        where = Path(entry["root"]).expanduser() if "root" in entry else None
+        if where == root:
+            entry["root"] = str(folder)
+        elif where is not None and where.parent == root:
+            entry["root"] = str(folder / where.name)
+        redirected.append(entry)
+    return redirected
+
+
+def _check_cache_root(root: Path) -> None:
+    """Refuse a cache root holding anything but the generator's output (a mistyped root)."""
+    if not root.exists():
+        return
+    visible = [c for c in root.iterdir() if not c.name.startswith(".")]
+    if visible and not (root / CACHE_MANIFEST).is_file():
+        raise FileExistsError(
+            f"{root} is not empty and holds no {CACHE_MANIFEST} of the synthetic ReID generator "
+            f"(found e.g. {sorted(c.name for c in visible)[:3]}); nothing was written. Point the "
+            "synthetic root at an empty or new folder."
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:

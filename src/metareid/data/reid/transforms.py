@@ -21,18 +21,24 @@ device. Deviations from the reference:
   model sees, although its config says ``CJ.ENABLED: False`` (dr50.md §7, item 4);
   ``color_jitter_p=0`` turns it off.
 
-Randomness comes from torch's global generator (kornia has no per-module generator), so
-``torch.manual_seed`` before a call makes the output reproducible.
+Randomness comes from torch's global generators (kornia has no per-module generator).
+:func:`augment_seeded` runs the augmentation with those generators seeded from a key such as
+``(seed, stream, batch number, rank)`` and restores them afterwards, so a training batch's
+augmentation is a function of its position in the run, identical after a resume, and the
+global random state is left as it was.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import kornia.augmentation as K
+import numpy as np
 import torch
 from kornia.augmentation.auto import AutoAugment
 from torch import nn
 
-__all__ = ["ReIDTrainAugment"]
+__all__ = ["ReIDTrainAugment", "augment_seeded", "seed_from_key"]
 
 # kornia expects floats in [0, 1]; our batches carry the 0-255 range the model normalises.
 PIXEL_SCALE = 255.0
@@ -135,3 +141,36 @@ class ReIDTrainAugment(nn.Module):
 
     def extra_repr(self) -> str:
         return f"image_size={self.image_size}, autoaugment_p={self.autoaugment_p}"
+
+
+def seed_from_key(key: Sequence[int]) -> int:
+    """A 63-bit seed mixed from a tuple of non-negative ints (numpy's ``SeedSequence``), so
+    neighbouring keys such as ``(seed, 0, 7)`` and ``(seed, 0, 8)`` give unrelated streams."""
+    state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def augment_seeded(augment: nn.Module, images: torch.Tensor, key: Sequence[int]) -> torch.Tensor:
+    """``augment(images)`` with torch's generators seeded from ``key``, restored afterwards.
+
+    The CPU generator and, for CUDA input, the generator of the input's device are seeded
+    (kornia draws its parameters on either); no other generator is touched.
+
+    Args:
+        augment: a module whose randomness comes from torch's global generators.
+        images: batch ``[B, 3, H, W]``.
+        key: non-negative ints naming the batch, e.g. ``(seed, stream, batch number, rank)``.
+
+    Returns:
+        ``augment(images)``, a pure function of ``(images, key)``.
+    """
+    seed = seed_from_key(key)
+    cuda_devices = []
+    if images.device.type == "cuda":
+        index = images.device.index
+        cuda_devices = [torch.cuda.current_device() if index is None else index]
+    with torch.random.fork_rng(devices=cuda_devices, device_type="cuda"):
+        torch.random.default_generator.manual_seed(seed)
+        for index in cuda_devices:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        return augment(images)
