@@ -41,6 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS_PATH = REPO / "bench" / "results" / "gait_data.json"
 DATA_DIR = REPO / "data_cache" / "bench_gait_data"
 P, K, FRAMES = 8, 8, 30
+# Ratios printed beside the table (side by side in one run: this machine is shared and noisy).
+RATIOS = (("packed", "pkl"), ("packed_u8", "pkl"), ("packed_u8", "opengait"))
 
 
 # ------------------------------------------------------------------------------- the data
@@ -150,6 +152,10 @@ def sequences_per_second(loader, batches: int, warmup: int) -> float:
 
 
 def datamodule_loader(root: Path, data_format: str, workers: int):
+    """``pkl`` / ``packed``: float32 batches; ``packed_u8``: the store with
+    ``data.uint8_batches`` (bytes handed over, scaled on the device)."""
+    uint8 = data_format.endswith("_u8")
+    data_format = data_format.removesuffix("_u8")
     datamodule = GaitDataModule(
         str(root),
         p=P,
@@ -157,6 +163,7 @@ def datamodule_loader(root: Path, data_format: str, workers: int):
         frames_num_fixed=FRAMES,
         num_workers=workers,
         format=data_format,
+        uint8_batches=uint8,
         validate=False,
         num_classes=None,
     )
@@ -183,7 +190,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=50, help="timed batches per run")
     parser.add_argument("--warmup", type=int, default=5, help="untimed batches first")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4])
-    parser.add_argument("--paths", nargs="+", default=["pkl", "packed", "opengait"])
+    parser.add_argument(
+        "--paths", nargs="+", default=["pkl", "packed", "packed_u8", "opengait"]
+    )
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--out", type=Path, default=RESULTS_PATH)
     args = parser.parse_args()
@@ -210,16 +219,17 @@ def main() -> None:
 
     by_key = {(r["path"], r["workers"]): r["sequences_per_s"] for r in results}
     header = f"{'workers':>7} | " + " | ".join(f"{p:>12}" for p in args.paths)
-    if {"pkl", "packed"} <= set(args.paths):
-        header += " | packed/pkl"
+    ratios = [(a, b) for a, b in RATIOS if {a, b} <= set(args.paths)]
+    header += "".join(f" | {a}/{b}" for a, b in ratios)
     print(f"\nsequences/s, P×K = {P}×{K}, {FRAMES} frames fixed_ordered")
     print(header)
     print("-" * len(header))
     for workers in args.workers:
         cells = [f"{by_key[(p, workers)]:12.1f}" for p in args.paths]
         line = f"{workers:>7} | " + " | ".join(cells)
-        if {"pkl", "packed"} <= set(args.paths):
-            line += f" | {by_key[('packed', workers)] / by_key[('pkl', workers)]:9.1f}x"
+        for a, b in ratios:
+            width = len(f"{a}/{b}")
+            line += f" | {by_key[(a, workers)] / by_key[(b, workers)]:{width - 1}.1f}x"
         print(line)
     payload = {
         "benchmark": "gait data pipeline throughput",

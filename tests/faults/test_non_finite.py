@@ -100,10 +100,10 @@ class _Regression(pl.LightningModule):
         return torch.utils.data.DataLoader(data, batch_size=2)
 
 
-def _fit(module: pl.LightningModule, guard: NonFiniteGuard, steps: int) -> pl.Trainer:
+def _fit(module: pl.LightningModule, *callbacks: pl.Callback, steps: int) -> pl.Trainer:
     trainer = pl.Trainer(
         max_steps=steps,
-        callbacks=[guard],
+        callbacks=list(callbacks),
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
@@ -134,16 +134,7 @@ class _WeightRecorder(pl.Callback):
 def test_tolerated_nan_steps_are_skipped_and_counted():
     guard, recorder = NonFiniteGuard(max_non_finite_steps=1), _WeightRecorder()
     module = _Regression(nan_steps={2})
-    trainer = pl.Trainer(
-        max_steps=4,
-        callbacks=[guard, recorder],
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module)
+    trainer = _fit(module, guard, recorder, steps=4)
     assert trainer.global_step == 4 and guard.tolerated_steps == 1
     first, faulty, third, _ = recorder.after_step
     # The faulty step changed no weight (momentum included); the next one trained again.

@@ -29,6 +29,7 @@ from einops import rearrange
 from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 
+from metareid.data.gait.frame_sampling import silhouettes_to_float
 from metareid.evaluation.casiab import CONDITIONS
 from metareid.evaluation.distances import cosine_distance, euclidean_distance
 
@@ -346,7 +347,9 @@ class WandbMedia(pl.Callback):
         if logger is None or step % self.every_n_steps != 0 or not isinstance(batch, Mapping):
             return
         if "sils" in batch:
-            image = silhouette_strip(batch["sils"], self.max_sequences, self.max_frames)
+            image = silhouette_strip(
+                silhouettes_to_float(batch["sils"]), self.max_sequences, self.max_frames
+            )
             labels = batch.get("labels")
             shown = labels[: self.max_sequences].tolist() if labels is not None else []
             caption = f"rows: labels {shown}; columns: frames"

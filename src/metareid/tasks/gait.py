@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
+from metareid.data.gait.frame_sampling import silhouettes_to_float
 from metareid.evaluation.casiab import CasiaBIdentification
 from metareid.losses.gait_triplet import BatchAllTripletLoss
 from metareid.losses.part_cross_entropy import PartCrossEntropyLoss
@@ -130,7 +131,9 @@ class GaitModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        outputs = self._training_forward(batch["sils"], seq_lens=batch.get("seq_lens"))
+        outputs = self._training_forward(
+            silhouettes_to_float(batch["sils"]), seq_lens=batch.get("seq_lens")
+        )
         # Losses in fp32 whatever the autocast precision of the forward (fp16 logits overflow).
         embeddings = outputs["embeddings"].float()
         logits = outputs["logits"].float()
@@ -168,7 +171,7 @@ class GaitModule(pl.LightningModule):
 
     def precise_bn_forward(self, batch: dict) -> None:
         """Training-mode forward used by the PreciseBN callback to re-estimate BN statistics."""
-        self.net(batch["sils"], seq_lens=batch.get("seq_lens"))
+        self.net(silhouettes_to_float(batch["sils"]), seq_lens=batch.get("seq_lens"))
 
     def _grad_scaler(self) -> torch.amp.GradScaler | None:
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
@@ -236,7 +239,7 @@ class GaitModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- evaluation
     def _evaluation_step(self, batch: dict, metric: Metric) -> None:
-        outputs = self.net(batch["sils"], seq_lens=batch.get("seq_lens"))
+        outputs = self.net(silhouettes_to_float(batch["sils"]), seq_lens=batch.get("seq_lens"))
         metric.update(
             outputs["embeddings"].float(),
             batch["subjects"],

@@ -33,8 +33,6 @@ from torch.utils.data import Dataset
 
 from metareid.data.gait.frame_sampling import (
     FrameSampler,
-    collate_batch,
-    frames_to_tensor,
     gather_frames,
 )
 from metareid.data.gait.packed import (
@@ -783,14 +781,9 @@ class GaitDataset(Dataset):
             )
         sequences = [self.load(int(i)) for i in chosen]
         positions, counts = sampler.positions([len(s) for s in sequences], rng)
-        return collate_batch(
-            frames_to_tensor(gather_frames(sequences, positions), cut=True),
-            counts if sampler.variable_length else None,
-            labels=labels,
-            subjects=annotations[:, 0],
-            type_index=annotations[:, 1],
-            view_index=annotations[:, 2],
-            indices=indices,
+        frames = gather_frames(sequences, positions)
+        return sampler.collate_rows(
+            frames, counts, cut=True, labels=labels, annotations=annotations, indices=indices
         )
 
     def summary(self) -> str:

@@ -90,6 +90,9 @@ class GaitDataModule(pl.LightningDataModule):
         pin_memory: pin batches for faster host→GPU copies; ``None``: when CUDA is available.
         persistent_workers: keep loader workers alive between epochs/evaluations.
         prefetch_factor: batches each worker prepares ahead (``num_workers > 0`` only).
+        uint8_batches: hand silhouettes over as uint8 0-255 (a quarter of the bytes from the
+            workers and to the GPU); the LightningModule scales them on its device to the same
+            float32 values (``GaitModule`` does). Off: float32 in [0, 1] from the loader.
         strict: raise on an unusable pkl; ``False`` skips (and counts) such sequences.
         cache: keep loaded sequences in memory.
         validate: load every pkl at set-up so none can fail mid-run; ``False`` only walks the
@@ -123,6 +126,7 @@ class GaitDataModule(pl.LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         prefetch_factor: int = 2,
+        uint8_batches: bool = False,
         strict: bool = True,
         cache: bool = False,
         validate: bool = True,
@@ -146,6 +150,7 @@ class GaitDataModule(pl.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.persistent_workers = persistent_workers
         self.prefetch_factor = prefetch_factor
+        self.uint8_batches = uint8_batches
         self.num_classes = num_classes
         self.p, self.k, self.batch_shuffle = p, k, batch_shuffle
         self.train_frames = dict(
@@ -257,7 +262,7 @@ class GaitDataModule(pl.LightningDataModule):
             start_batch=start,
         )
         # Frames of batch b: drawn from (seed, rank, b), independent of `start` and workers.
-        frames = FrameSampler(**self.train_frames, seed=self.seed)
+        frames = FrameSampler(**self.train_frames, seed=self.seed, uint8_batches=self.uint8_batches)
         return self._loader(GaitBatches(self.train_set, frames, rank), NumberedBatches(sampler))
 
     def _loader(self, batches: GaitBatches, batch_sampler: Any) -> DataLoader:
@@ -279,7 +284,10 @@ class GaitDataModule(pl.LightningDataModule):
             len(self.test_set), batch_size=self.test_batch_size, rank=rank, world_size=world
         )
         frames = FrameSampler(
-            sample_type="all_ordered", frames_all_limit=self.frames_all_limit, seed=self.seed
+            sample_type="all_ordered",
+            frames_all_limit=self.frames_all_limit,
+            seed=self.seed,
+            uint8_batches=self.uint8_batches,
         )
         return self._loader(GaitBatches(self.test_set, frames, rank), sampler)
 

@@ -93,19 +93,35 @@ class BatchRequest:
         return len(self.indices)
 
 
-def frames_to_tensor(frames: np.ndarray, cut: bool) -> torch.Tensor:
+def frames_to_tensor(frames: np.ndarray, cut: bool, as_uint8: bool = False) -> torch.Tensor:
     """``uint8 [n, s, h, w]`` → float32 in [0, 1], cutting ``⌊w/64⌋·10`` columns per side when
-    ``cut`` (frames of the packed store are cut when packed and come with ``cut=False``)."""
+    ``cut`` (frames of the packed store are cut when packed and come with ``cut=False``).
+
+    ``as_uint8`` keeps the 0-255 bytes (a quarter of the float batch to hand from a worker to the
+    main process and to the GPU); :func:`silhouettes_to_float` scales them on the device, to the
+    same float32 values ``x / 255`` gives here.
+    """
     if cut:
         width = frames.shape[-1]
         frames = frames[..., cut_width(width) : width - cut_width(width)]
-    scaled = torch.empty(frames.shape, dtype=torch.float32)
+    out = torch.empty(frames.shape, dtype=torch.uint8 if as_uint8 else torch.float32)
     if get_worker_info() is not None:
         # Written straight into shared memory: the worker then hands the batch to the main
         # process without the extra copy DataLoader would make to move it there.
-        scaled.share_memory_()
-    np.divide(frames, np.float32(255.0), out=scaled.numpy(), dtype=np.float32)
-    return scaled
+        out.share_memory_()
+    if as_uint8:
+        out.numpy()[...] = frames
+    else:
+        np.divide(frames, np.float32(255.0), out=out.numpy(), dtype=np.float32)
+    return out
+
+
+def silhouettes_to_float(sils: torch.Tensor) -> torch.Tensor:
+    """Batch silhouettes as float32 in [0, 1]: uint8 batches (``data.uint8_batches``) are scaled
+    where they are (on the GPU after the transfer); float batches pass through."""
+    if sils.dtype == torch.uint8:
+        return sils.to(torch.float32).div_(255.0)
+    return sils
 
 
 class FrameSampler:
@@ -139,6 +155,7 @@ class FrameSampler:
         frames_num_max: int = 50,
         frames_all_limit: int | None = None,
         seed: int = 0,
+        uint8_batches: bool = False,
     ) -> None:
         if sample_type not in SAMPLE_TYPES:
             raise ValueError(f"sample_type must be one of {SAMPLE_TYPES}, got {sample_type!r}")
@@ -159,6 +176,7 @@ class FrameSampler:
         self.frames_num_max = frames_num_max
         self.frames_all_limit = frames_all_limit
         self.seed = seed
+        self.uint8_batches = uint8_batches
         self.reseed(0)
 
     # -------------------------------------------------------------- randomness
@@ -280,13 +298,35 @@ class FrameSampler:
         positions, counts = self.positions([len(sils) for sils in sequences])
         frames = gather_frames(sequences, positions)
         return collate_batch(
-            frames_to_tensor(frames, cut=True),
+            frames_to_tensor(frames, cut=True, as_uint8=self.uint8_batches),
             counts if self.variable_length else None,
             labels=[item["label"] for item in items],
             subjects=[item["subject"] for item in items],
             type_index=[item["type_index"] for item in items],
             view_index=[item["view_index"] for item in items],
             indices=[item["index"] for item in items] if all("index" in i for i in items) else None,
+        )
+
+    def collate_rows(
+        self,
+        frames: np.ndarray,
+        counts: np.ndarray,
+        *,
+        cut: bool,
+        labels: np.ndarray,
+        annotations: np.ndarray,
+        indices: Sequence[int],
+    ) -> dict[str, torch.Tensor]:
+        """The batch of frames ``uint8 [n, s, h, w]`` chosen for dataset rows whose annotations
+        are ``[n, 3]`` (subject, type index, view index): what both gait formats return."""
+        return collate_batch(
+            frames_to_tensor(frames, cut=cut, as_uint8=self.uint8_batches),
+            counts if self.variable_length else None,
+            labels=labels,
+            subjects=annotations[:, 0],
+            type_index=annotations[:, 1],
+            view_index=annotations[:, 2],
+            indices=indices,
         )
 
     def __repr__(self) -> str:

@@ -32,9 +32,7 @@ from torch.utils.data import Dataset
 
 from metareid.data.gait.frame_sampling import (
     FrameSampler,
-    collate_batch,
     cut_width,
-    frames_to_tensor,
 )
 
 log = logging.getLogger(__name__)
@@ -282,14 +280,8 @@ def read_batch_packed(
     """A collated batch read from the store (see :class:`FrameSampler` for the keys)."""
     positions, counts = sampler.positions(store.index.lengths[rows], rng)
     frames = store.gather(rows, positions)
-    return collate_batch(
-        frames_to_tensor(frames, cut=False),
-        counts if sampler.variable_length else None,
-        labels=labels,
-        subjects=annotations[:, 0],
-        type_index=annotations[:, 1],
-        view_index=annotations[:, 2],
-        indices=indices,
+    return sampler.collate_rows(
+        frames, counts, cut=False, labels=labels, annotations=annotations, indices=indices
     )
 
 
