@@ -31,6 +31,7 @@ from metareid.data.gait.frame_sampling import cut_silhouettes
 from metareid.data.reid.multisource import load_resized_image
 from metareid.export import GaitEmbedder, embedder_for
 from metareid.utils.errors import exit_on_user_error
+from metareid.utils.progress import track
 from metareid.utils.run_dirs import apply_run_dir
 
 log = logging.getLogger(__name__)
@@ -160,8 +161,10 @@ def extract_features(
     batch_size: int,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
+    progress: bool = True,
 ) -> Extraction:
-    """Run ``embedder`` over an :class:`ImageFolderSet` or a :class:`SilhouetteTreeSet`."""
+    """Run ``embedder`` over an :class:`ImageFolderSet` or a :class:`SilhouetteTreeSet`,
+    behind a progress bar over the batches unless ``progress`` is false."""
     device = torch.device(device)
     embedder = embedder.to(device).eval()
     loader = DataLoader(
@@ -172,7 +175,8 @@ def extract_features(
         collate_fn=collate_items,
     )
     chunks, indices, failures = [], [], []
-    for batch in loader:
+    batches = track(loader, len(loader), f"Extracting {len(dataset)} inputs", progress)
+    for batch in batches:
         failures += batch["failures"]
         if not batch["inputs"]:
             continue

@@ -200,10 +200,11 @@ def test_checkpoint_names_limits_and_logged_steps_count_iterations(make_config, 
         "train",
         [
             *reid_overrides,
-            "callbacks=model_checkpoint",
+            "callbacks=[model_checkpoint,lr_monitor]",
             "callbacks.model_checkpoint.every_n_train_steps=2",
             "logger=csv",
             *SMALL_IMAGES,
+            "model.meta_optimizer.lr=0.01",  # tells the two learning-rate columns apart
             "model.meta_interval=1",  # two optimizer steps in every iteration
             "trainer.max_steps=5",
             "+trainer.limit_val_batches=0",
@@ -217,8 +218,16 @@ def test_checkpoint_names_limits_and_logged_steps_count_iterations(make_config, 
     assert names == ["step_000002.ckpt", "step_000004.ckpt"]
     metrics = Path(cfg.paths.output_dir) / "csv" / "metrics.csv"
     with metrics.open() as file:
-        steps = [int(row["step"]) for row in csv.DictReader(file) if row["train/loss"]]
+        rows = list(csv.DictReader(file))
+    steps = [int(row["step"]) for row in rows if row["train/loss"]]
     assert steps == [0, 1, 2, 3, 4]  # one row per ACL iteration
+    assert sorted(name for name in rows[0] if name.startswith("lr")) == ["lr-main", "lr-meta"]
+    # Both follow one schedule, so each row's ratio is that of the two base learning rates.
+    main, meta = (optimizer.param_groups[0]["initial_lr"] for optimizer in trainer.optimizers)
+    logged = [row for row in rows if row["lr-meta"]]
+    assert logged and main != meta
+    for row in logged:
+        assert float(row["lr-meta"]) / float(row["lr-main"]) == pytest.approx(meta / main)
 
 
 @pytest.mark.parametrize("release_zero_grad", [True, False])

@@ -1,5 +1,7 @@
 """ReID CMC / mAP / mINP against a hand-worked case and a per-query reference loop."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -210,8 +212,34 @@ def test_format_reid_table():
         }
     )
     assert table.splitlines() == [
-        "| Target |  Rank-1 |  Rank-5 | Rank-10 |     mAP |    mINP |  metric |",
-        "|--------|---------|---------|---------|---------|---------|---------|",
-        "| CUHK03 |   41.80 |   60.00 |   70.50 |   41.20 |   20.00 |   41.50 |",
-        "| MSMT17 |   45.90 |       - |       - |   20.40 |       - |       - |",
+        "| Target |  Rank-1 |  Rank-5 | Rank-10 |     mAP |    mINP | (mAP+R1)/2 |",
+        "|--------|---------|---------|---------|---------|---------|------------|",
+        "| CUHK03 |   41.80 |   60.00 |   70.50 |   41.20 |   20.00 |      41.50 |",
+        "| MSMT17 |   45.90 |       - |       - |   20.40 |       - |          - |",
     ]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"rerank": True, "rerank_k1": 8, "rerank_k2": 3}, {"retrieval": "faiss"}],
+    ids=["dense", "rerank", "faiss"],
+)
+def test_every_retrieval_path_states_the_gallery_size_for_the_cmc_plot(options, tmp_path):
+    from metareid.reporting import plot_cmc, write_reid_report
+
+    features, pids, camids, is_query = feature_problem(seed=2, num_ids=8)
+    metric = ReIDRetrieval(**options)
+    metric.update(features, pids, camids, is_query)
+    results = metric.compute()
+    gallery_size = int((~is_query).sum())
+    assert gallery_size == 40 < len(results["cmc"]) == 50  # the curve is padded past it
+    assert results["num_gallery"] == gallery_size and type(results["num_gallery"]) is int
+    (axis,) = plot_cmc({"synD": results}).axes
+    assert len(axis.get_lines()[0].get_xdata()) == gallery_size
+    files = write_reid_report({"synD": results}, tmp_path)
+    assert json.loads(files["json"].read_text())["targets"]["synD"]["num_gallery"] == 40
+    assert "(mAP+R1)/2" in format_reid_table({"synD": results})
+
+
+def test_rank_metrics_of_a_distance_matrix_state_its_gallery_size():
+    assert reid_rank_metrics(*hand_case(), max_rank=10)["num_gallery"] == 6

@@ -101,7 +101,8 @@ def _summarise(
     average_precision: Tensor,
     inverse_negative_penalty: Tensor,
     max_rank: int,
-) -> dict[str, Tensor]:
+    num_gallery: int,
+) -> dict[str, Tensor | int]:
     valid = num_relevant > 0
     num_valid = int(valid.sum())
     if num_valid == 0:
@@ -125,9 +126,12 @@ def _summarise(
         cmc=cmc,
         num_valid_queries=torch.tensor(num_valid),
     )
-    return {
+    summary: dict[str, Tensor | int] = {
         key: value.float() if value.is_floating_point() else value for key, value in results.items()
     }
+    # Where the CMC curve stops meaning anything: it is flat past the last gallery position.
+    summary["num_gallery"] = int(num_gallery)
+    return summary
 
 
 def _validate_ids(name: str, ids: Tensor, expected: int) -> Tensor:
@@ -149,7 +153,7 @@ def reid_rank_metrics(
     gallery_camids: Tensor,
     max_rank: int = 50,
     query_chunk_size: int = 256,
-) -> dict[str, Tensor]:
+) -> dict[str, Tensor | int]:
     """CMC / mAP / mINP from a precomputed distance matrix (smaller distance = more similar).
 
     Args:
@@ -161,7 +165,8 @@ def reid_rank_metrics(
 
     Returns:
         ``rank1``, ``rank5``, ``rank10``, ``mAP``, ``mINP``, ``metric = (mAP + rank1) / 2`` (0-d,
-        in percent), ``cmc`` (``[max_rank]``, percent) and ``num_valid_queries``.
+        in percent), ``cmc`` (``[max_rank]``, percent), ``num_valid_queries`` and
+        ``num_gallery`` (``G``, a Python int).
     """
     if distances.ndim != 2:
         raise ValueError(f"distances must be [Q, G], got shape {tuple(distances.shape)}")
@@ -180,7 +185,9 @@ def reid_rank_metrics(
         )
         for start in range(0, num_query, query_chunk_size)
     ]
-    return _summarise(*(torch.cat(parts) for parts in zip(*statistics, strict=True)), max_rank)
+    return _summarise(
+        *(torch.cat(parts) for parts in zip(*statistics, strict=True)), max_rank, num_gallery
+    )
 
 
 class ReIDRetrieval(Metric):
@@ -272,7 +279,7 @@ class ReIDRetrieval(Metric):
         self.camids.append(_validate_ids("camids", camids, batch_size).to(device))
         self.is_query.append(is_query.to(device))
 
-    def compute(self) -> dict[str, Tensor]:
+    def compute(self) -> dict[str, Tensor | int]:
         """Rank the gallery for every query; see :func:`reid_rank_metrics` for the keys."""
         if isinstance(self.features, list) and not self.features:
             raise ValueError("ReIDRetrieval.compute() called before any update()")
@@ -341,7 +348,9 @@ class ReIDRetrieval(Metric):
                 )
             )
         return _summarise(
-            *(torch.cat(parts) for parts in zip(*statistics, strict=True)), self.max_rank
+            *(torch.cat(parts) for parts in zip(*statistics, strict=True)),
+            self.max_rank,
+            len(gallery),
         )
 
 
@@ -351,7 +360,7 @@ _TABLE_COLUMNS = (
     ("Rank-10", "rank10"),
     ("mAP", "mAP"),
     ("mINP", "mINP"),
-    ("metric", "metric"),
+    ("(mAP+R1)/2", "metric"),
 )
 
 
@@ -371,14 +380,18 @@ def format_reid_table(results: Mapping[str, Mapping[str, float | Tensor]]) -> st
         f"mAP@{min(topk)}" if key == "mAP" and topk else title for title, key in _TABLE_COLUMNS
     ]
     name_width = max([len("Target"), *(len(name) for name in results)])
-    header = [f"{'Target':<{name_width}}", *(f"{title:>7}" for title in titles)]
+    widths = [max(7, len(title)) for title in titles]
+    header = [
+        f"{'Target':<{name_width}}",
+        *(f"{title:>{width}}" for title, width in zip(titles, widths, strict=True)),
+    ]
     lines = ["| " + " | ".join(header) + " |"]
     lines.append("|" + "|".join("-" * (len(cell) + 2) for cell in header) + "|")
     for name, metrics in results.items():
         cells = [f"{name:<{name_width}}"]
-        for _, key in _TABLE_COLUMNS:
+        for (_, key), width in zip(_TABLE_COLUMNS, widths, strict=True):
             value = metrics.get(key)
-            cells.append(f"{'-':>7}" if value is None else f"{float(value):>7.2f}")
+            cells.append(f"{'-':>{width}}" if value is None else f"{float(value):>{width}.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     if topk:
         lines.append(

@@ -157,7 +157,7 @@ def topk_rank_metrics(
     k: int = 100,
     distance: DistanceName = "cosine",
     max_rank: int = 50,
-) -> dict[str, Tensor]:
+) -> dict[str, Tensor | int]:
     """CMC@1..max_rank, mAP@k and (when exact) mINP from faiss top-k lists.
 
     Args:
@@ -170,7 +170,8 @@ def topk_rank_metrics(
     Returns:
         The keys of :func:`metareid.evaluation.reid.reid_rank_metrics` (percent; ``mAP`` is
         mAP@k, ``mINP`` NaN unless every true match is within the top ``k``) plus ``map_topk``
-        (``k``) and ``matches_beyond_topk`` (true matches of valid queries ranked below ``k``).
+        (``k``) and ``matches_beyond_topk`` (true matches of valid queries ranked below ``k``);
+        ``num_gallery`` is ``G``, not ``k``.
     """
     if k < max_rank:
         raise ValueError(
@@ -203,6 +204,8 @@ def topk_rank_metrics(
     inverse_negative_penalty = relevant.double() / (last_hit.double() + 1.0)
     if missing:
         inverse_negative_penalty.fill_(float("nan"))
-    results = _summarise(relevant, first_hit, average_precision, inverse_negative_penalty, max_rank)
+    results = _summarise(
+        relevant, first_hit, average_precision, inverse_negative_penalty, max_rank, len(gallery)
+    )
     results.update(map_topk=torch.tensor(k), matches_beyond_topk=torch.tensor(missing))
     return results

@@ -12,21 +12,15 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
+
+from metareid.utils.progress import track
 
 __all__ = [
     "MANIFEST_NAME",
@@ -275,29 +269,6 @@ def read_manifest(root: Path) -> dict[str, Any] | None:
 
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
-
-
-def _progress(show: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not show,
-    )
-
-
-def track(
-    items: Iterable[TaskT], total: int, description: str, show: bool = True
-) -> Iterator[TaskT]:
-    """Iterate ``items`` behind a rich progress bar (no output when ``show`` is false)."""
-    with _progress(show) as progress:
-        bar = progress.add_task(description, total=total)
-        for item in items:
-            yield item
-            progress.advance(bar)
 
 
 def run_parallel(

@@ -46,6 +46,8 @@ from metareid.utils.distributed import distributed_world, gather_with_grad
 from metareid.utils.publish import evaluation_stage, publish_table
 
 META_UPDATE_SCOPES = ("all", "router")
+#: LearningRateMonitor names of the main and the meta optimizer's learning rates.
+LR_NAMES = ("lr-main", "lr-meta")
 # Checkpoint key of the loop counters; Lightning's own progress counts batches one short at a
 # batch-end checkpoint and its global_step cannot tell the two optimizers apart.
 LOOP_STATE_KEY = "acl_loop"
@@ -219,8 +221,10 @@ class ReIDModule(pl.LightningModule):
                     opt, self.schedule_factory(iters_per_epoch=iters_per_epoch)
                 ),
                 "interval": "step",
+                # LearningRateMonitor's column (it would otherwise be lr-SGD / lr-SGD-1).
+                "name": name,
             }
-            for opt in (optimizer, meta_optimizer)
+            for opt, name in ((optimizer, LR_NAMES[0]), (meta_optimizer, LR_NAMES[1]))
         ]
         return [optimizer, meta_optimizer], schedulers
 

@@ -20,6 +20,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     # Imported here: the modules import Lightning, which the error helpers should not need.
     from metareid.callbacks.non_finite import NonFiniteTrainingError
     from metareid.checkpoints import CheckpointError
+    from metareid.data.reid.image_check import UndecodableImagesError
     from metareid.evaluation.guards import NonFiniteFeaturesError
 
     return (
@@ -28,6 +29,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         FileNotFoundError,
         NonFiniteFeaturesError,
         NonFiniteTrainingError,
+        UndecodableImagesError,
     )
 
 

@@ -872,4 +872,6 @@ def pack_gait_tree(
             array = read_silhouettes(record.path, layout.frame_width)
             yield record.subject, record.type, record.view, array
 
-    return write_packed_store(root, sequences(), layout=layout.name, source=str(root))
+    return write_packed_store(
+        root, sequences(), layout=layout.name, source=str(root), total=len(records)
+    )

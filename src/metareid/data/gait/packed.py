@@ -34,6 +34,7 @@ from metareid.data.gait.frame_sampling import (
     FrameSampler,
     cut_width,
 )
+from metareid.utils.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ def write_packed_store(
     sequences: Iterable[tuple[str, str, str, np.ndarray]],
     layout: str,
     source: str,
+    total: int | None = None,
+    progress: bool = True,
 ) -> Path:
     """Pack ``(subject, type, view, uint8 [T, 64, W])`` sequences into ``root/packed``.
 
@@ -70,6 +73,9 @@ def write_packed_store(
         sequences: the sequences (any iterable; consumed once, streaming to disk).
         layout: gait layout name recorded in the index (``casiab``, ``oumvlp``, ``grew``).
         source: what was packed, for messages (e.g. the tree's path).
+        total: number of sequences, for the progress bar (taken from ``len(sequences)`` when
+            it has one; otherwise the bar counts without an end).
+        progress: draw a progress bar over the sequences.
 
     Returns:
         The store folder.
@@ -84,8 +90,12 @@ def write_packed_store(
     shape: tuple[int, int] | None = None
     source_width = None
     offset = 0
+    if total is None and hasattr(sequences, "__len__"):
+        total = len(sequences)
     with open(partial / FRAMES_FILE, "wb") as stream:
-        for subject, type_name, view, array in sequences:
+        for subject, type_name, view, array in track(
+            sequences, total, f"Packing {source}", progress
+        ):
             name = f"{subject}/{type_name}/{view}"
             if array.dtype != np.uint8 or array.ndim != 3 or len(array) == 0:
                 raise ValueError(

@@ -38,6 +38,7 @@ import numpy as np
 
 from metareid.data.gait.casiab import SIL_SIZE, TYPES, VIEWS
 from metareid.data.gait.packed import has_packed_store, write_packed_store
+from metareid.utils.progress import track
 
 MARKER_FILE = ".synthetic_casiab"
 #: Written at the top of a cache root by :func:`ensure_synthetic_casiab`: the settings of each
@@ -550,6 +551,7 @@ def generate_synthetic_casiab(
     frames: Sequence[int] = (20, 40),
     seed: int = 0,
     packed: bool = False,
+    progress: bool = True,
 ) -> Path:
     """Write a synthetic CASIA-B pkl tree and its partition into ``root``.
 
@@ -566,6 +568,7 @@ def generate_synthetic_casiab(
         seed: generator seed.
         packed: also write the packed store ``root/packed`` (same frames, see
             :mod:`metareid.data.gait.packed`).
+        progress: draw a progress bar over the sequences.
 
     Returns:
         Path of the partition JSON (``root/partition.json``).
@@ -615,10 +618,15 @@ def generate_synthetic_casiab(
         if chunk:
             yield from _render_and_write(root, chunk)
 
+    sequences = track(
+        rendered(), len(jobs), f"Rendering {len(jobs)} synthetic CASIA-B sequences", progress
+    )
     if packed:
-        write_packed_store(root, rendered(), layout="casiab", source=f"synthetic CASIA-B {root}")
+        write_packed_store(
+            root, sequences, layout="casiab", source=f"synthetic CASIA-B {root}", progress=False
+        )
     else:
-        for _ in rendered():
+        for _ in sequences:
             pass
 
     ids = [f"{s:03d}" for s in range(1, num_subjects + 1)]
@@ -658,7 +666,7 @@ def _render_and_write(root: Path, jobs: list) -> Iterator[tuple[str, str, str, n
 GENERATOR_DEFAULTS: dict = {
     name: parameter.default
     for name, parameter in inspect.signature(generate_synthetic_casiab).parameters.items()
-    if name not in ("root", "packed")
+    if name not in ("root", "packed", "progress")
 }
 
 

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from metareid.data.reid.dataset import ReIDDataset, ReIDImage
+from metareid.data.reid.image_check import UndecodableImage, drop_undecodable_images
 from metareid.data.reid.multisource import MultiSourceTrainSet, ReIDTestSet, SingleDomainView
 from metareid.data.reid.registry import load_reid_dataset
 from metareid.data.samplers import IdentityBatchSampler, InferenceBatchSampler
@@ -107,7 +108,13 @@ class ReIDDataModule(pl.LightningDataModule):
         seed: base seed of the samplers; loader ``i`` (merged first, then domains) uses
             ``seed + i``.
         test_batch_size: images per evaluation batch on each rank.
-        strict: dataset file-name checking (``False`` skips and counts unparsable files).
+        strict: raise on an unparsable file name or an undecodable image, naming the files;
+            ``False`` skips and counts them (logged with each domain's summary,
+            ``undecodable_images``), and replaces an image that breaks after the start-up
+            check by a black one (counted, logged).
+        check_images: decode every used image cheaply at set-up (cached by file size and mtime
+            in ``<dataset root>/.metareid_image_check.json``), so that a bad file fails or is
+            skipped before training instead of crashing a loader mid-run.
         synthetic: when given, ``generate_synthetic_reid(**synthetic)`` runs in
             ``prepare_data`` (it reuses an existing tree written with the same arguments).
     """
@@ -125,6 +132,7 @@ class ReIDDataModule(pl.LightningDataModule):
         test_batch_size: int = 128,
         strict: bool = True,
         synthetic: Mapping[str, Any] | None = None,
+        check_images: bool = True,
     ) -> None:
         super().__init__()
         if not sources:
@@ -147,6 +155,8 @@ class ReIDDataModule(pl.LightningDataModule):
         self.seed = seed
         self.test_batch_size = test_batch_size
         self.strict = strict
+        self.check_images = check_images
+        self.undecodable_images: list[UndecodableImage] = []
         self.synthetic = dict(synthetic) if synthetic else None
         if self.synthetic is not None:
             from metareid.data.reid.synthetic import cached_domain_entries
@@ -180,9 +190,13 @@ class ReIDDataModule(pl.LightningDataModule):
                     "`domain_name` so domain ids and classifiers stay distinguishable."
                 )
             for dataset in datasets:
-                log.info("source %s", dataset.summary())
+                skipped = self._drop_undecodable(dataset, ("train",), "source")
+                log.info("source %s%s", dataset.summary(), skipped)
             self.train_set = MultiSourceTrainSet(
-                [dataset.train for dataset in datasets], names, image_size=self.image_size
+                [dataset.train for dataset in datasets],
+                names,
+                image_size=self.image_size,
+                strict=self.strict,
             )
             self.domain_sets = self.train_set.domain_views()
             self._check_identity_counts()
@@ -210,16 +224,25 @@ class ReIDDataModule(pl.LightningDataModule):
         if not self.test_sets:
             for i, entry in enumerate(self.targets):
                 dataset = _dataset_from_entry(entry, "targets", i, self.strict)
-                log.info("target %s", dataset.summary())
+                skipped = self._drop_undecodable(dataset, ("query", "gallery"), "target")
+                log.info("target %s%s", dataset.summary(), skipped)
                 if dataset.name in self.test_sets:
                     raise ValueError(
                         f"data.targets repeats the domain {dataset.name!r}; give each a distinct "
                         "`domain_name`."
                     )
                 self.test_sets[dataset.name] = ReIDTestSet(
-                    dataset.query, dataset.gallery, image_size=self.image_size
+                    dataset.query, dataset.gallery, image_size=self.image_size, strict=self.strict
                 )
         return self.test_sets
+
+    def _drop_undecodable(self, dataset: ReIDDataset, splits: tuple[str, ...], role: str) -> str:
+        """Start-up image check of the splits this run reads; the summary's note on skips."""
+        if not self.check_images:
+            return ""
+        dropped = drop_undecodable_images(dataset, splits, strict=self.strict, role=role)
+        self.undecodable_images.extend(dropped)
+        return f" ({len(dropped)} undecodable images skipped)" if dropped else ""
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):

@@ -11,6 +11,7 @@ and normalisation run batched on the device (:mod:`metareid.data.reid.transforms
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +29,8 @@ __all__ = [
     "SingleDomainView",
     "load_resized_image",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def load_resized_image(path: str | Path, image_size: Sequence[int]) -> torch.Tensor:
@@ -48,7 +51,7 @@ def load_resized_image(path: str | Path, image_size: Sequence[int]) -> torch.Ten
     try:
         with Image.open(path) as image:
             pixels = np.asarray(image.convert("RGB"))
-    except OSError as error:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise OSError(
             f"{path}: cannot decode image ({error}). Remove or replace the file."
         ) from error
@@ -65,6 +68,31 @@ def load_resized_image(path: str | Path, image_size: Sequence[int]) -> torch.Ten
     )[0]
     # Bicubic overshoots near edges, so clamp before the cast back to uint8.
     return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _load_or_replace(dataset: MultiSourceTrainSet | ReIDTestSet, path: Path) -> torch.Tensor:
+    """The resized image, or with ``dataset.strict=False`` a black one when it cannot be read
+    (a file that broke after the start-up check), recorded in ``dataset.replaced_images``.
+
+    The record lives in the process that loads: with loader workers, each worker keeps its own;
+    the logged warning names the file either way.
+    """
+    try:
+        return load_resized_image(path, dataset.image_size)
+    except OSError as error:
+        if dataset.strict:
+            raise OSError(
+                f"{error} Or set data.strict=false to replace such images by black ones (each "
+                "logged)."
+            ) from error
+        dataset.replaced_images.append(str(path))
+        log.warning(
+            "%s Replaced by a black image (data.strict=false); %d image(s) replaced so far in "
+            "this process.",
+            error,
+            len(dataset.replaced_images),
+        )
+        return torch.zeros((3, *dataset.image_size), dtype=torch.uint8)
 
 
 def _check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
@@ -88,6 +116,8 @@ class MultiSourceTrainSet(Dataset):
             is the domain id.
         names: one name per source domain (used in messages and :attr:`domain_names`).
         image_size: model input ``(height, width)``.
+        strict: an image that cannot be read raises ``OSError`` naming it; ``False`` replaces
+            it by a black image and records it in ``replaced_images``.
 
     Attributes:
         labels: global identity label per item (what a P×K sampler groups by).
@@ -106,6 +136,7 @@ class MultiSourceTrainSet(Dataset):
         datasets: Sequence[Sequence[ReIDImage]],
         names: Sequence[str],
         image_size: Sequence[int] = (256, 128),
+        strict: bool = True,
     ) -> None:
         if len(datasets) != len(names):
             raise ValueError(
@@ -115,6 +146,8 @@ class MultiSourceTrainSet(Dataset):
         if not datasets:
             raise ValueError("MultiSourceTrainSet needs at least one source domain.")
         self.image_size = _check_image_size(image_size)
+        self.strict = strict
+        self.replaced_images: list[str] = []
         self.domain_names = list(names)
         self.items: list[ReIDImage] = []
         labels: list[int] = []
@@ -160,7 +193,7 @@ class MultiSourceTrainSet(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {
-            "image": load_resized_image(self.items[index].path, self.image_size),
+            "image": _load_or_replace(self, self.items[index].path),
             "label": torch.tensor(self.labels[index], dtype=torch.int64),
             "camid": torch.tensor(self.camids[index], dtype=torch.int64),
             "domain_id": torch.tensor(self.domain_ids[index], dtype=torch.int64),
@@ -212,6 +245,8 @@ class ReIDTestSet(Dataset):
         query: query records.
         gallery: gallery records.
         image_size: model input ``(height, width)``.
+        strict: as for :class:`MultiSourceTrainSet` (``False``: unreadable images become black
+            ones, recorded in ``replaced_images``).
 
     Items are dicts with ``image`` (``uint8 [3, H, W]``), ``pid``, ``camid`` (``int64``
     scalars, the dataset's own ids) and ``is_query`` (``bool`` scalar). The first
@@ -223,6 +258,7 @@ class ReIDTestSet(Dataset):
         query: Sequence[ReIDImage],
         gallery: Sequence[ReIDImage],
         image_size: Sequence[int] = (256, 128),
+        strict: bool = True,
     ) -> None:
         if not query or not gallery:
             raise ValueError(
@@ -230,6 +266,8 @@ class ReIDTestSet(Dataset):
                 f"{len(gallery)} gallery images."
             )
         self.image_size = _check_image_size(image_size)
+        self.strict = strict
+        self.replaced_images: list[str] = []
         self.items = list(query) + list(gallery)
         self.num_query = len(query)
 
@@ -239,7 +277,7 @@ class ReIDTestSet(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         item = self.items[index]
         return {
-            "image": load_resized_image(item.path, self.image_size),
+            "image": _load_or_replace(self, item.path),
             "pid": torch.tensor(item.pid, dtype=torch.int64),
             "camid": torch.tensor(item.camid, dtype=torch.int64),
             "is_query": torch.tensor(index < self.num_query),

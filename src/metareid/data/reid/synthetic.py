@@ -32,7 +32,7 @@ import hashlib
 import inspect
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from metareid.utils.progress import progress_bar
 
 __all__ = [
     "DomainStyle",
@@ -577,7 +579,9 @@ def _write_domain(
     distractors: int,
     junk: int,
     size: tuple[int, int],
+    advance: Callable[[int], None],
 ) -> None:
+    """Render and save every image of one domain; ``advance(n)`` after each ``n`` saved."""
     people = _sample_people(rng, ids_per_domain + max(distractors, 1), style)
     records, person_of_image, camera_of_image = _plan_domain(
         rng, ids_per_domain, num_train_ids, cameras, images_per_id_per_camera, distractors, junk
@@ -605,6 +609,7 @@ def _write_domain(
             Image.fromarray(image).save(
                 domain_root / record.split / record.file_name, quality=style.jpeg_quality
             )
+        advance(len(pixels))
     counts = {folder: sum(r.split == folder for r in records) for folder in SPLIT_FOLDERS}
     full_manifest = {**manifest, "domain": name, "style": asdict(style), "counts": counts}
     (domain_root / MANIFEST_NAME).write_text(json.dumps(full_manifest, indent=2))
@@ -624,6 +629,7 @@ def generate_synthetic_reid(
     styles: dict[str, DomainStyle] | None = None,
     overwrite: bool = False,
     cache_by_settings: bool = False,
+    progress: bool = True,
 ) -> dict[str, Path]:
     """Write synthetic ReID domains in the Market-1501 layout.
 
@@ -649,6 +655,8 @@ def generate_synthetic_reid(
             (:func:`synthetic_reid_folder`) instead of ``root``: each setting keeps its own
             folder, so changing one never regenerates or overwrites another's domains (what the
             DataModule uses). ``root`` must then be absent, empty or the generator's.
+        progress: draw a progress bar over the images written (none when every domain is
+            reused).
 
     Returns:
         Mapping domain name -> domain folder.
@@ -709,6 +717,7 @@ def generate_synthetic_reid(
         "junk_per_domain": junk_per_domain,
     }
     domain_roots: dict[str, Path] = {}
+    pending: list[tuple[int, str, DomainStyle]] = []
     for position, name in enumerate(domains):
         domain_root = root / name
         domain_roots[name] = domain_root
@@ -731,24 +740,39 @@ def generate_synthetic_reid(
             for folder in SPLIT_FOLDERS:
                 shutil.rmtree(domain_root / folder, ignore_errors=True)
             manifest_path.unlink(missing_ok=True)
-        _write_domain(
-            domain_root,
-            name,
-            style,
-            np.random.default_rng([seed, position]),
-            manifest,
-            ids_per_domain,
-            num_train_ids,
-            cameras,
-            images_per_id_per_camera,
-            distractors_per_domain,
-            junk_per_domain,
-            (int(size[0]), int(size[1])),
+        pending.append((position, name, style))
+    if not pending:
+        return domain_roots
+    images_per_domain = (
+        ids_per_domain * cameras * images_per_id_per_camera
+        + distractors_per_domain
+        + junk_per_domain
+    )
+    with progress_bar(progress) as bar:
+        task = bar.add_task(
+            f"Rendering synthetic ReID {'/'.join(name for _, name, _ in pending)}",
+            total=images_per_domain * len(pending),
         )
+        for position, name, style in pending:
+            _write_domain(
+                domain_roots[name],
+                name,
+                style,
+                np.random.default_rng([seed, position]),
+                manifest,
+                ids_per_domain,
+                num_train_ids,
+                cameras,
+                images_per_id_per_camera,
+                distractors_per_domain,
+                junk_per_domain,
+                (int(size[0]), int(size[1])),
+                lambda count: bar.advance(task, count),
+            )
     return domain_roots
 
 
-_NOT_SETTINGS = ("root", "overwrite", "cache_by_settings")
+_NOT_SETTINGS = ("root", "overwrite", "cache_by_settings", "progress")
 
 
 def _full_settings(**settings: Any) -> dict[str, Any]:
