@@ -291,3 +291,32 @@ def test_reid_run_logs_retrieval_table_cmc_and_rank_lists(
     assert all(tuple(c) == QUERY_COLOUR for c in corners[:, 0])
     assert [sum(tuple(c) == MATCH_COLOUR for c in row[1:]) for row in corners] == hits_per_query
     assert all(tuple(c) in (MATCH_COLOUR, MISMATCH_COLOUR) for c in corners[:, 1:].reshape(-1, 3))
+
+
+def test_cmc_chart_stops_at_the_gallery_size(monkeypatch):
+    import wandb
+
+    from metareid.callbacks.wandb_media import WandbMedia
+
+    charts, logged = [], []
+    monkeypatch.setattr(
+        wandb.plot, "line_series", lambda **kwargs: charts.append(kwargs) or "chart"
+    )
+
+    class _Logger:
+        def log_table(self, **kwargs):
+            pass
+
+        def log_metrics(self, metrics, step):
+            logged.append(metrics)
+
+    cmc = torch.linspace(0.5, 1.0, 50)
+    results = {
+        "synD": {"rank1": 50.0, "cmc": cmc, "num_gallery": 12},
+        "synE": {"rank1": 60.0, "cmc": cmc, "num_gallery": 30},
+    }
+    WandbMedia._log_retrieval(_Logger(), results, "test", step=3)
+    (chart,) = charts
+    assert chart["xs"] == list(range(1, 13))  # the smaller gallery bounds the shared axis
+    assert [len(curve) for curve in chart["ys"]] == [12, 12]
+    assert logged == [{"test/cmc": "chart"}]

@@ -458,7 +458,12 @@ class WandbMedia(pl.Callback):
         logger.log_table(
             key=f"{stage}/retrieval", columns=["target", *columns], data=rows, step=step
         )
-        curves = {t: torch.as_tensor(r["cmc"]).tolist() for t, r in results.items() if "cmc" in r}
+        curves = {
+            # Ranks past the gallery size carry no information: the curve stops there.
+            t: torch.as_tensor(r["cmc"]).tolist()[: r.get("num_gallery") or None]
+            for t, r in results.items()
+            if "cmc" in r
+        }
         if curves:
             length = min(len(curve) for curve in curves.values())
             chart = wandb.plot.line_series(
